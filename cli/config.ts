@@ -1,0 +1,79 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+
+/** Settings of `slipway registry`; from flags, then SLIPWAY_* variables, then the YAML file, then defaults. */
+export interface RegistryConfig {
+  listen: string;
+  data: string;
+  deleteEnabled: boolean;
+  /** Remove upload sessions older than this many seconds. */
+  uploadMaxAge: number;
+}
+
+export const REGISTRY_DEFAULTS: RegistryConfig = {
+  listen: '127.0.0.1:5000',
+  data: './.slipway/registry',
+  deleteEnabled: true,
+  uploadMaxAge: 7 * 24 * 3600,
+};
+
+type Partial_ = { [K in keyof RegistryConfig]?: RegistryConfig[K] };
+
+const ENV: Record<keyof RegistryConfig, string> = {
+  listen: 'SLIPWAY_LISTEN',
+  data: 'SLIPWAY_DATA',
+  deleteEnabled: 'SLIPWAY_DELETE_ENABLED',
+  uploadMaxAge: 'SLIPWAY_UPLOAD_MAX_AGE',
+};
+
+function coerce<K extends keyof RegistryConfig>(key: K, value: unknown, where: string): RegistryConfig[K] {
+  const want = typeof REGISTRY_DEFAULTS[key];
+  if (want === 'boolean') {
+    if (typeof value === 'boolean') return value as RegistryConfig[K];
+    if (value === 'true' || value === '1') return true as RegistryConfig[K];
+    if (value === 'false' || value === '0') return false as RegistryConfig[K];
+  } else if (want === 'number') {
+    const n = Number(value);
+    if (value !== '' && Number.isFinite(n) && n >= 0) return n as RegistryConfig[K];
+  } else if (typeof value === 'string' && value !== '') {
+    return value as RegistryConfig[K];
+  }
+  throw new Error(`${where}: ${JSON.stringify(value)} is not a valid ${want} for ${key}`);
+}
+
+function fromFile(path: string): Partial_ {
+  const doc = parseYaml(readFileSync(path, 'utf8')) as Record<string, unknown> | null;
+  const out: Partial_ = {};
+  for (const [k, v] of Object.entries(doc ?? {})) {
+    if (!(k in REGISTRY_DEFAULTS)) throw new Error(`${path}: unknown setting ${k} (known: ${Object.keys(REGISTRY_DEFAULTS).join(', ')})`);
+    const key = k as keyof RegistryConfig;
+    (out as Record<string, unknown>)[key] = coerce(key, v, path);
+  }
+  return out;
+}
+
+function fromEnv(env: NodeJS.ProcessEnv): Partial_ {
+  const out: Partial_ = {};
+  for (const [key, name] of Object.entries(ENV) as [keyof RegistryConfig, string][]) {
+    const v = env[name];
+    if (v !== undefined) (out as Record<string, unknown>)[key] = coerce(key, v, name);
+  }
+  return out;
+}
+
+export function loadRegistryConfig(flags: Partial_ & { config?: string }, env = process.env): RegistryConfig {
+  const file = flags.config ?? env.SLIPWAY_CONFIG;
+  const defined = Object.fromEntries(Object.entries(flags).filter(([k, v]) => v !== undefined && k !== 'config'));
+  const cfg = { ...REGISTRY_DEFAULTS, ...(file ? fromFile(file) : {}), ...fromEnv(env), ...defined } as RegistryConfig;
+  return { ...cfg, data: resolve(cfg.data) };
+}
+
+/** `HOST:PORT`, `[v6]:PORT` or `:PORT` into parts. */
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen);
+  if (!m) throw new Error(`invalid listen address ${JSON.stringify(listen)}: use HOST:PORT`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new Error(`invalid port in ${listen}`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}

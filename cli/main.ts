@@ -1,0 +1,52 @@
+import { Command, Option } from 'commander';
+import { resolve } from 'node:path';
+import { FilesystemDriver, checkIntegrity } from '../storage/index.js';
+import { loadRegistryConfig } from './config.js';
+import { runRegistry, stopOnSignals } from './registry.js';
+
+const program = new Command('slipway')
+  .description('Build-ship-run container platform: OCI registry, builder, runner')
+  .showHelpAfterError();
+
+program
+  .command('registry')
+  .description('run the OCI registry alone (filesystem storage)')
+  .option('--listen <host:port>', 'address to listen on (SLIPWAY_LISTEN; default 127.0.0.1:5000)')
+  .option('--data <dir>', 'storage directory (SLIPWAY_DATA; default ./.slipway/registry)')
+  .option('--config <file>', 'YAML configuration file (SLIPWAY_CONFIG)')
+  .addOption(new Option('--no-delete', 'refuse DELETE of blobs and manifests').default(undefined))
+  .action(async (opts: { listen?: string; data?: string; config?: string; delete?: boolean }) => {
+    const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, config: opts.config, deleteEnabled: opts.delete });
+    const running = await runRegistry(cfg);
+    stopOnSignals(running.close);
+    console.log(`slipway registry listening on ${running.url} (data in ${cfg.data})`);
+  });
+
+program
+  .command('up')
+  .description('run the whole stack on embedded defaults (registry on 127.0.0.1:5000, state in ./.slipway)')
+  .option('--state <dir>', 'state directory', './.slipway')
+  .option('--listen <host:port>', 'registry address', '127.0.0.1:5000')
+  .action(async (opts: { state: string; listen: string }) => {
+    const state = resolve(opts.state);
+    const cfg = loadRegistryConfig({ listen: opts.listen, data: `${state}/registry` });
+    const running = await runRegistry(cfg);
+    stopOnSignals(running.close);
+    console.log(`slipway up: registry listening on ${running.url} (state in ${state})`);
+  });
+
+program
+  .command('fsck')
+  .description('verify that every stored blob matches its digest and nothing partial is visible')
+  .requiredOption('--data <dir>', 'storage directory')
+  .action(async (opts: { data: string }) => {
+    const report = await checkIntegrity(new FilesystemDriver(resolve(opts.data)));
+    for (const p of report.problems) console.log(`problem: ${p}`);
+    console.log(`${report.blobs} blobs checked, ${report.problems.length} problems`);
+    process.exitCode = report.problems.length ? 1 : 0;
+  });
+
+program.parseAsync(process.argv).catch((err: unknown) => {
+  console.error(`slipway: ${err instanceof Error ? err.message : String(err)}`);
+  process.exit(1);
+});

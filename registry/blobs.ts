@@ -1,0 +1,52 @@
+import { pipeline } from 'node:stream/promises';
+import { RegistryError } from './errors.js';
+import type { Handler } from './context.js';
+import { parseRange } from './http.js';
+import { requestDigest } from './names.js';
+
+/** GET and HEAD of a blob, with Range support and optional redirects to storage. */
+export const getBlob: Handler = async ({ store, options, name, param }, req, res) => {
+  const digest = requestDigest(param);
+  const info = await store.blobs.stat(name, digest);
+  res.setHeader('Docker-Content-Digest', digest.value);
+  res.setHeader('ETag', `"${digest.value}"`);
+  res.setHeader('Accept-Ranges', 'bytes');
+  res.setHeader('Cache-Control', 'max-age=31536000');
+  if (options.redirect) {
+    const url = await store.blobs.redirectURL(digest, req.method === 'HEAD' ? 'HEAD' : 'GET');
+    if (url) {
+      res.setHeader('Location', url);
+      res.setHeader('Content-Length', '0');
+      res.status(307).end();
+      return;
+    }
+  }
+  res.setHeader('Content-Type', 'application/octet-stream');
+  const range = parseRange(req.headers.range, info.size);
+  if (range) {
+    res.status(206);
+    res.setHeader('Content-Range', `bytes ${range.start}-${range.end}/${info.size}`);
+  }
+  const length = range ? range.end - range.start + 1 : info.size;
+  res.setHeader('Content-Length', String(length));
+  if (req.method === 'HEAD' || length === 0) {
+    res.end();
+    return;
+  }
+  const abort = new AbortController();
+  res.once('close', () => abort.abort());
+  const body = await store.blobs.open(digest, { offset: range?.start ?? 0, length, signal: abort.signal });
+  await pipeline(body, res).catch((err: unknown) => {
+    if (!res.writableFinished) res.destroy();
+    if ((err as Error).name !== 'AbortError' && !res.destroyed) throw err;
+  });
+};
+
+export const deleteBlob: Handler = async ({ store, options, name, param }, _req, res) => {
+  if (!options.deleteEnabled) throw new RegistryError('UNSUPPORTED', undefined, 'deletion is disabled on this registry');
+  const digest = requestDigest(param);
+  await store.blobs.unlink(name, digest);
+  res.setHeader('Docker-Content-Digest', digest.value);
+  res.setHeader('Content-Length', '0');
+  res.status(202).end();
+};

@@ -1,0 +1,21 @@
+import type { Request, Response } from 'express';
+import type { Store } from '../storage/index.js';
+
+export interface RegistryOptions {
+  /** DELETE of blobs and manifests; on by default, as the OCI spec's conformance expects. */
+  deleteEnabled: boolean;
+  /** Send clients a storage URL (307) for blob GETs where the driver has one. */
+  redirect: boolean;
+}
+
+/** What every handler gets: the store, the options, and the parsed path. */
+export interface RouteContext {
+  store: Store;
+  options: RegistryOptions;
+  /** Repository name, validated. */
+  name: string;
+  /** The path parameter after the name (digest, reference or upload id). */
+  param: string;
+}
+
+export type Handler = (ctx: RouteContext, req: Request, res: Response) => Promise<void>;

@@ -1,0 +1,5 @@
+export { createRegistryApp, type RegistryAppOptions } from './app.js';
+export { startRegistry, type RegistryServerOptions, type RunningRegistry } from './server.js';
+export { ERROR_CODES, RegistryError, type ErrorCode } from './errors.js';
+export { NAME_RE, TAG_RE } from './names.js';
+export type { RegistryOptions } from './context.js';

@@ -1,0 +1,62 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { purgeUploads, type Store } from '../storage/index.js';
+import { createRegistryApp } from './app.js';
+
+export interface RegistryServerOptions {
+  store: Store;
+  host: string;
+  port: number;
+  deleteEnabled?: boolean;
+  redirect?: boolean;
+  /** Upload sessions older than this (ms) are removed at start and hourly. Default 7 days. */
+  uploadMaxAge?: number;
+  log?: (err: unknown) => void;
+}
+
+export interface RunningRegistry {
+  url: string;
+  port: number;
+  server: Server;
+  close(): Promise<void>;
+}
+
+const HOUR = 3600_000;
+
+export async function startRegistry(opts: RegistryServerOptions): Promise<RunningRegistry> {
+  const app = createRegistryApp(opts);
+  const server = createServer(app);
+  // Blob uploads may take long: no overall request deadline, only one for headers.
+  server.requestTimeout = 0;
+  server.headersTimeout = 60_000;
+  server.keepAliveTimeout = 65_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const maxAge = opts.uploadMaxAge ?? 7 * 24 * HOUR;
+  const janitor = () => purgeUploads(opts.store, maxAge).catch((err: unknown) => opts.log?.(err));
+  void janitor();
+  const timer = setInterval(janitor, HOUR);
+  timer.unref();
+  const { port } = server.address() as AddressInfo;
+  const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    server,
+    close: async () => {
+      clearInterval(timer);
+      server.closeIdleConnections();
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        setTimeout(() => {
+          server.closeAllConnections();
+        }, 2000).unref();
+      });
+    },
+  };
+}

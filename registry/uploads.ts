@@ -1,0 +1,84 @@
+import type { Request } from 'express';
+import { isStoreError, type UploadStatus } from '../storage/index.js';
+import { RegistryError } from './errors.js';
+import type { Handler, RouteContext } from './context.js';
+import { contentLength, hasBody, noContent, parseContentRange, uploadRange } from './http.js';
+import { requestDigest, validateName } from './names.js';
+
+const sessionHeaders = (name: string, status: UploadStatus): Record<string, string> => ({
+  Location: `/v2/${name}/blobs/uploads/${status.uuid}`,
+  Range: uploadRange(status.offset),
+  'Docker-Upload-UUID': status.uuid,
+});
+
+/** Abort storage work when the client goes away. */
+function requestSignal(req: Request): AbortSignal {
+  const abort = new AbortController();
+  req.once('close', () => {
+    if (!req.complete) abort.abort();
+  });
+  return abort.signal;
+}
+
+/** A RANGE_INVALID that tells the client where the session really is. */
+async function rangeError(ctx: RouteContext, err: unknown): Promise<never> {
+  if (isStoreError(err, 'range-mismatch')) {
+    const status = await ctx.store.uploads.status(ctx.name, ctx.param).catch(() => null);
+    throw new RegistryError('RANGE_INVALID', err.detail, err.message, status ? sessionHeaders(ctx.name, status) : {});
+  }
+  throw err;
+}
+
+/** POST: cross-repository mount, monolithic upload (?digest=), or a new session. */
+export const startUpload: Handler = async ({ store, name }, req, res) => {
+  const { mount, from, digest } = req.query;
+  if (typeof mount === 'string' && typeof from === 'string') {
+    const mounted = await store.blobs.mount(name, validateName(from), requestDigest(mount, 'mount'));
+    if (mounted) {
+      noContent(res, 201, { Location: `/v2/${name}/blobs/${mounted.digest}`, 'Docker-Content-Digest': mounted.digest });
+      return;
+    }
+  }
+  if (digest !== undefined) {
+    const wanted = requestDigest(digest);
+    const blob = await store.uploads.putWhole(name, wanted, req, { length: contentLength(req), signal: requestSignal(req) });
+    noContent(res, 201, { Location: `/v2/${name}/blobs/${blob.digest}`, 'Docker-Content-Digest': blob.digest });
+    return;
+  }
+  const status = await store.uploads.start(name);
+  noContent(res, 202, sessionHeaders(name, status));
+};
+
+export const uploadStatus: Handler = async ({ store, name, param }, _req, res) => {
+  const status = await store.uploads.status(name, param);
+  noContent(res, 204, sessionHeaders(name, status));
+};
+
+/** PATCH: one chunk, ranged (Content-Range must continue the session) or streamed. */
+export const patchUpload: Handler = async (ctx, req, res) => {
+  const range = parseContentRange(req.headers['content-range'] as string | undefined);
+  const length = contentLength(req);
+  if (range && length !== undefined && range.end - range.start + 1 !== length) {
+    throw new RegistryError('RANGE_INVALID', undefined, `Content-Range covers ${range.end - range.start + 1} bytes, Content-Length says ${length}`);
+  }
+  const status = await ctx.store.uploads
+    .append(ctx.name, ctx.param, req, { start: range?.start, length, signal: requestSignal(req) })
+    .catch((err: unknown) => rangeError(ctx, err));
+  noContent(res, 202, sessionHeaders(ctx.name, status));
+};
+
+/** PUT ?digest=: completes the session, with or without a last chunk. */
+export const completeUpload: Handler = async (ctx, req, res) => {
+  const digest = requestDigest(req.query.digest);
+  const range = parseContentRange(req.headers['content-range'] as string | undefined);
+  const body = hasBody(req) ? req : undefined;
+  const blob = await ctx.store.uploads
+    .complete(ctx.name, ctx.param, digest, body, { start: range?.start, length: contentLength(req), signal: requestSignal(req) })
+    .catch((err: unknown) => rangeError(ctx, err));
+  noContent(res, 201, { Location: `/v2/${ctx.name}/blobs/${blob.digest}`, 'Docker-Content-Digest': blob.digest });
+};
+
+export const cancelUpload: Handler = async ({ store, name, param }, _req, res) => {
+  await store.uploads.cancel(name, param);
+  noContent(res, 204, {});
+};

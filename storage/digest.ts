@@ -1,0 +1,65 @@
+import { createHash, type Hash } from 'node:crypto';
+import { Transform, type TransformCallback } from 'node:stream';
+
+/** Digest algorithms the registry accepts, with the length of their hex encoding. */
+export const DIGEST_ALGORITHMS = { sha256: 64, sha512: 128 } as const;
+export type DigestAlgorithm = keyof typeof DIGEST_ALGORITHMS;
+
+export interface Digest {
+  algorithm: DigestAlgorithm;
+  hex: string;
+  /** `algorithm:hex` */
+  value: string;
+}
+
+/** The OCI grammar: algorithm ":" encoded. */
+const DIGEST_GRAMMAR = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
+
+export class InvalidDigestError extends Error {
+  constructor(readonly input: string, reason: string) {
+    super(`invalid digest ${JSON.stringify(input.slice(0, 200))}: ${reason}`);
+  }
+}
+
+/** Parses `sha256:…` / `sha512:…`; anything else throws InvalidDigestError. */
+export function parseDigest(input: string): Digest {
+  if (!DIGEST_GRAMMAR.test(input)) throw new InvalidDigestError(input, 'not of the form algorithm:hex');
+  const colon = input.indexOf(':');
+  const algorithm = input.slice(0, colon);
+  const hex = input.slice(colon + 1);
+  if (!(algorithm in DIGEST_ALGORITHMS)) throw new InvalidDigestError(input, `unsupported algorithm ${algorithm}`);
+  const length = DIGEST_ALGORITHMS[algorithm as DigestAlgorithm];
+  if (hex.length !== length || !/^[a-f0-9]+$/.test(hex)) {
+    throw new InvalidDigestError(input, `${algorithm} needs ${length} lower-case hex characters`);
+  }
+  return { algorithm: algorithm as DigestAlgorithm, hex, value: input };
+}
+
+export function isDigest(input: string): boolean {
+  try {
+    parseDigest(input);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function digestOf(bytes: Buffer | string, algorithm: DigestAlgorithm = 'sha256'): string {
+  return `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
+}
+
+/**
+ * A pass-through stream that hashes and counts what flows through it, so a body
+ * is verified while it is written, never re-read.
+ */
+export class HashingStream extends Transform {
+  bytes = 0;
+  constructor(readonly hash: Hash = createHash('sha256')) {
+    super({ highWaterMark: 256 * 1024 });
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    done(null, chunk);
+  }
+}

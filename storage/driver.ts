@@ -1,0 +1,62 @@
+import type { Readable, Writable } from 'node:stream';
+
+/** What a driver knows about one path. */
+export interface FileInfo {
+  path: string;
+  size: number;
+  modTime: Date;
+  isDir: boolean;
+}
+
+export interface ReadOptions {
+  offset?: number;
+  /** Number of bytes to read from `offset`; all that remains when absent. */
+  length?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * A stream that writes one file. Nothing written is guaranteed visible at `path`
+ * before `commit()` resolves; `cancel()` removes whatever was written.
+ */
+export interface FileWriter extends Writable {
+  /** Bytes in the file so far, including what was there before an append. */
+  readonly size: number;
+  commit(): Promise<void>;
+  cancel(): Promise<void>;
+}
+
+/**
+ * The storage driver: a handful of async, streaming primitives over a tree of
+ * paths ("/a/b/c", always absolute, '/'-separated). Everything that gives the
+ * paths meaning (content addressing, links, uploads, GC) lives above it, in
+ * this folder, written once for every driver.
+ */
+export interface StorageDriver {
+  readonly name: string;
+  /** null when nothing is at `path`. */
+  stat(path: string): Promise<FileInfo | null>;
+  reader(path: string, opts?: ReadOptions): Promise<Readable>;
+  writer(path: string, opts?: { append?: boolean }): Promise<FileWriter>;
+  /** Small files in one call; `putContent` replaces the file atomically. */
+  getContent(path: string): Promise<Buffer>;
+  putContent(path: string, content: Buffer | string): Promise<void>;
+  /** Names of the direct children of a directory ([] when it does not exist). */
+  list(path: string): Promise<string[]>;
+  /** Atomic as seen by readers; replaces `dest` if it exists. */
+  move(src: string, dest: string): Promise<void>;
+  /** Removes a file or a whole tree; no error when nothing is there. */
+  delete(path: string): Promise<void>;
+  /** Every file below `path`, depth first; directories are not yielded. */
+  walk(path: string): AsyncIterable<FileInfo>;
+  /** A URL the client may fetch the file from directly, or null to proxy. */
+  redirectURL?(path: string, method: 'GET' | 'HEAD'): Promise<string | null>;
+}
+
+/** Raised by drivers for a path that does not exist. */
+export class PathNotFoundError extends Error {
+  readonly code = 'PATH_NOT_FOUND';
+  constructor(readonly path: string) {
+    super(`storage: no such path ${path}`);
+  }
+}

@@ -1,0 +1,149 @@
+import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import * as fs from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { dirname, join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { PathNotFoundError, type FileInfo, type FileWriter, type ReadOptions, type StorageDriver } from './driver.js';
+
+const isNotFound = (err: unknown): boolean =>
+  (err as NodeJS.ErrnoException)?.code === 'ENOENT' || (err as NodeJS.ErrnoException)?.code === 'ENOTDIR';
+
+/** Storage on a local directory. Atomic replacement is write-to-temp + rename. */
+export class FilesystemDriver implements StorageDriver {
+  readonly name = 'filesystem';
+
+  constructor(readonly root: string) {}
+
+  private full(path: string): string {
+    if (!path.startsWith('/') || path.split('/').some((part) => part === '..' || part === '.')) {
+      throw new Error(`storage: invalid path ${JSON.stringify(path)}`);
+    }
+    return join(this.root, path);
+  }
+
+  async stat(path: string): Promise<FileInfo | null> {
+    try {
+      const st = await fs.stat(this.full(path));
+      return { path, size: st.size, modTime: st.mtime, isDir: st.isDirectory() };
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw err;
+    }
+  }
+
+  async reader(path: string, opts: ReadOptions = {}): Promise<Readable> {
+    const full = this.full(path);
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(full, 'r');
+    } catch (err) {
+      if (isNotFound(err)) throw new PathNotFoundError(path);
+      throw err;
+    }
+    const start = opts.offset ?? 0;
+    const end = opts.length === undefined ? undefined : start + opts.length - 1;
+    if (end !== undefined && end < start) {
+      await handle.close();
+      const { Readable } = await import('node:stream');
+      return Readable.from([]);
+    }
+    return createReadStream('', { fd: handle, start, end, signal: opts.signal, highWaterMark: 256 * 1024 });
+  }
+
+  async writer(path: string, opts: { append?: boolean } = {}): Promise<FileWriter> {
+    const full = this.full(path);
+    await fs.mkdir(dirname(full), { recursive: true });
+    let initial = 0;
+    if (opts.append) {
+      initial = (await fs.stat(full).catch(() => null))?.size ?? 0;
+    }
+    const stream = createWriteStream(full, { flags: opts.append ? 'a' : 'w', highWaterMark: 256 * 1024 });
+    return fileWriter(stream, initial, async () => fs.rm(full, { force: true }));
+  }
+
+  async getContent(path: string): Promise<Buffer> {
+    try {
+      return await fs.readFile(this.full(path));
+    } catch (err) {
+      if (isNotFound(err)) throw new PathNotFoundError(path);
+      throw err;
+    }
+  }
+
+  async putContent(path: string, content: Buffer | string): Promise<void> {
+    const full = this.full(path);
+    const tmp = `${full}.tmp-${randomBytes(6).toString('hex')}`;
+    await fs.mkdir(dirname(full), { recursive: true });
+    try {
+      await fs.writeFile(tmp, content);
+      await fs.rename(tmp, full);
+    } catch (err) {
+      await fs.rm(tmp, { force: true });
+      throw err;
+    }
+  }
+
+  async list(path: string): Promise<string[]> {
+    try {
+      return (await fs.readdir(this.full(path))).filter((n) => !n.includes('.tmp-')).sort();
+    } catch (err) {
+      if (isNotFound(err)) return [];
+      throw err;
+    }
+  }
+
+  async move(src: string, dest: string): Promise<void> {
+    const to = this.full(dest);
+    await fs.mkdir(dirname(to), { recursive: true });
+    try {
+      await fs.rename(this.full(src), to);
+    } catch (err) {
+      if (isNotFound(err)) throw new PathNotFoundError(src);
+      throw err;
+    }
+  }
+
+  async delete(path: string): Promise<void> {
+    await fs.rm(this.full(path), { recursive: true, force: true });
+  }
+
+  async *walk(path: string): AsyncIterable<FileInfo> {
+    let entries: import('node:fs').Dirent[];
+    try {
+      entries = await fs.readdir(this.full(path), { withFileTypes: true });
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw err;
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const entry of entries) {
+      const child = path === '/' ? `/${entry.name}` : `${path}/${entry.name}`;
+      if (entry.isDirectory()) {
+        yield* this.walk(child);
+      } else {
+        const st = await this.stat(child);
+        if (st) yield st;
+      }
+    }
+  }
+}
+
+function fileWriter(stream: WriteStream, initial: number, remove: () => Promise<void>): FileWriter {
+  const writer = stream as unknown as FileWriter & { _slipwayFinished?: Promise<void> };
+  Object.defineProperty(writer, 'size', { get: () => initial + stream.bytesWritten });
+  const finished = new Promise<void>((resolve, reject) => {
+    stream.once('close', resolve);
+    stream.once('error', reject);
+  });
+  finished.catch(() => undefined);
+  writer.commit = async () => {
+    if (!stream.writableEnded) stream.end();
+    await finished;
+  };
+  writer.cancel = async () => {
+    stream.destroy();
+    await finished.catch(() => undefined);
+    await remove();
+  };
+  return writer;
+}

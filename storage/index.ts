@@ -1,0 +1,29 @@
+export type { FileInfo, FileWriter, ReadOptions, StorageDriver } from './driver.js';
+export { PathNotFoundError } from './driver.js';
+export { FilesystemDriver } from './fs-driver.js';
+export {
+  DIGEST_ALGORITHMS,
+  HashingStream,
+  InvalidDigestError,
+  digestOf,
+  isDigest,
+  parseDigest,
+  type Digest,
+  type DigestAlgorithm,
+} from './digest.js';
+export { StoreError, isStoreError, type StoreErrorKind } from './errors.js';
+export type { BlobInfo, BlobStore } from './blobs.js';
+export type { UploadStatus, UploadStore, ChunkOptions } from './uploads.js';
+export type { ManifestStore, StoredManifest } from './manifests.js';
+export {
+  MANIFEST_MEDIA_TYPES,
+  MAX_MANIFEST_BYTES,
+  MEDIA_TYPES,
+  ManifestInvalidError,
+  isIndexType,
+  parseManifest,
+  type Descriptor,
+  type ParsedManifest,
+} from './manifest.js';
+export { createStore, purgeUploads, type Store } from './store.js';
+export { checkIntegrity, type IntegrityReport } from './check.js';

@@ -1,0 +1,158 @@
+import type { StorageDriver } from './driver.js';
+import { PathNotFoundError } from './driver.js';
+import { parseDigest, type Digest } from './digest.js';
+import { StoreError } from './errors.js';
+import { parseManifest, type Descriptor, type ParsedManifest } from './manifest.js';
+import * as paths from './paths.js';
+
+export interface StoredManifest {
+  digest: string;
+  bytes: Buffer;
+  parsed: ParsedManifest;
+}
+
+/**
+ * Manifest revisions, tags and the referrers index of each repository. Bytes
+ * are kept as blobs, so a manifest is stored byte-exact and its digest is that
+ * of the bytes. Bytes are immutable by digest, so they (and their parse) are
+ * cached in memory; links are read from storage each time, so every instance
+ * over the same storage sees a moved tag at once.
+ */
+export class ManifestStore {
+  private readonly cache = new Map<string, StoredManifest>();
+  private cachedBytes = 0;
+
+  constructor(
+    private readonly driver: StorageDriver,
+    private readonly cacheLimit = 64 * 1024 * 1024,
+  ) {}
+
+  async exists(repo: string, digest: Digest): Promise<boolean> {
+    return (await this.driver.stat(paths.revisionLink(repo, digest))) !== null;
+  }
+
+  async get(repo: string, digest: Digest): Promise<StoredManifest> {
+    if (!(await this.exists(repo, digest))) throw unknownManifest(repo, digest.value);
+    const cached = this.cache.get(digest.value);
+    if (cached) return cached;
+    let bytes: Buffer;
+    try {
+      bytes = await this.driver.getContent(paths.blobData(digest));
+    } catch (err) {
+      if (err instanceof PathNotFoundError) throw unknownManifest(repo, digest.value);
+      throw err;
+    }
+    const stored = { digest: digest.value, bytes, parsed: parseManifest(bytes, null) };
+    this.remember(stored);
+    return stored;
+  }
+
+  /** Stores verified bytes; `parsed` is the result of parseManifest on them. */
+  async put(repo: string, digest: Digest, bytes: Buffer, parsed: ParsedManifest, tag?: string): Promise<void> {
+    if (!(await this.driver.stat(paths.blobData(digest)))) {
+      await this.driver.putContent(paths.blobData(digest), bytes);
+    }
+    await this.driver.putContent(paths.revisionLink(repo, digest), digest.value);
+    if (parsed.subject) {
+      const entry: Descriptor = { mediaType: parsed.mediaType, digest: digest.value, size: bytes.length };
+      if (parsed.artifactType) entry.artifactType = parsed.artifactType;
+      if (parsed.annotations) entry.annotations = parsed.annotations;
+      await this.driver.putContent(
+        paths.referrerEntry(repo, parseDigest(parsed.subject.digest), digest),
+        JSON.stringify(entry),
+      );
+    }
+    if (tag !== undefined) await this.tag(repo, tag, digest);
+    this.remember({ digest: digest.value, bytes, parsed });
+  }
+
+  async tag(repo: string, tag: string, digest: Digest): Promise<void> {
+    await this.driver.putContent(paths.tagIndexLink(repo, tag, digest), digest.value);
+    await this.driver.putContent(paths.tagCurrentLink(repo, tag), digest.value);
+  }
+
+  async resolve(repo: string, tag: string): Promise<Digest> {
+    try {
+      return parseDigest((await this.driver.getContent(paths.tagCurrentLink(repo, tag))).toString('utf8').trim());
+    } catch (err) {
+      if (err instanceof PathNotFoundError) throw new StoreError('tag-unknown', `tag ${tag} is not in ${repo}`);
+      throw err;
+    }
+  }
+
+  async untag(repo: string, tag: string): Promise<void> {
+    await this.resolve(repo, tag);
+    await this.driver.delete(paths.tagDir(repo, tag));
+  }
+
+  /** Removes a revision, every tag that points at it, and its referrers entry. */
+  async delete(repo: string, digest: Digest): Promise<void> {
+    const stored = await this.get(repo, digest);
+    for (const tag of await this.tags(repo)) {
+      const current = await this.resolve(repo, tag).catch(() => null);
+      if (current?.value === digest.value) await this.driver.delete(paths.tagDir(repo, tag));
+    }
+    if (stored.parsed.subject) {
+      await this.driver.delete(paths.referrerEntry(repo, parseDigest(stored.parsed.subject.digest), digest));
+    }
+    await this.driver.delete(paths.revisionLink(repo, digest).replace(/\/link$/, ''));
+  }
+
+  async tags(repo: string): Promise<string[]> {
+    return this.driver.list(paths.tagsDir(repo));
+  }
+
+  async hasRepository(repo: string): Promise<boolean> {
+    return (await this.driver.stat(paths.repoDir(repo))) !== null;
+  }
+
+  /** Descriptors of the manifests in `repo` whose subject is `subject`. */
+  async referrers(repo: string, subject: Digest): Promise<Descriptor[]> {
+    const dir = paths.referrersDir(repo, subject);
+    const out: Descriptor[] = [];
+    for (const name of await this.driver.list(dir)) {
+      const raw = await this.driver.getContent(`${dir}/${name}`).catch(() => null);
+      if (raw) out.push(JSON.parse(raw.toString('utf8')) as Descriptor);
+    }
+    return out.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
+  }
+
+  /** Names of all repositories that hold at least one manifest, sorted. */
+  async repositories(): Promise<string[]> {
+    const out: string[] = [];
+    const visit = async (prefix: string): Promise<void> => {
+      const children = await this.driver.list(prefix ? `${paths.REPOSITORIES}/${prefix}` : paths.REPOSITORIES);
+      if (children.includes('_manifests') && prefix) out.push(prefix);
+      for (const child of children) {
+        if (!child.startsWith('_')) await visit(prefix ? `${prefix}/${child}` : child);
+      }
+    };
+    await visit('');
+    return out.sort();
+  }
+
+  /** Digests of every revision of `repo`. */
+  async revisions(repo: string): Promise<Digest[]> {
+    const out: Digest[] = [];
+    for (const alg of await this.driver.list(paths.revisionsDir(repo))) {
+      for (const hex of await this.driver.list(`${paths.revisionsDir(repo)}/${alg}`)) {
+        out.push(parseDigest(`${alg}:${hex}`));
+      }
+    }
+    return out;
+  }
+
+  private remember(stored: StoredManifest): void {
+    if (this.cache.has(stored.digest) || stored.bytes.length > this.cacheLimit / 16) return;
+    this.cache.set(stored.digest, stored);
+    this.cachedBytes += stored.bytes.length;
+    for (const [digest, old] of this.cache) {
+      if (this.cachedBytes <= this.cacheLimit) break;
+      this.cache.delete(digest);
+      this.cachedBytes -= old.bytes.length;
+    }
+  }
+}
+
+const unknownManifest = (repo: string, ref: string): StoreError =>
+  new StoreError('manifest-unknown', `manifest ${ref} is not in ${repo}`);
