@@ -34,6 +34,8 @@ export const referrers: Handler = async ({ store, name, param }, req, res) => {
     manifests = manifests.filter((m) => m.artifactType === artifactType);
     res.setHeader('OCI-Filters-Applied', 'artifactType');
   }
+  const body = JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests });
   res.setHeader('Content-Type', MEDIA_TYPES.ociIndex);
-  res.send(JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPES.ociIndex, manifests }));
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
 };
