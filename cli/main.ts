@@ -1,4 +1,4 @@
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import { resolve } from 'node:path';
 import { FilesystemDriver, checkIntegrity } from '../storage/index.js';
 import { loadRegistryConfig } from './config.js';
@@ -14,9 +14,10 @@ program
   .option('--listen <host:port>', 'address to listen on (SLIPWAY_LISTEN; default 127.0.0.1:5000)')
   .option('--data <dir>', 'storage directory (SLIPWAY_DATA; default ./.slipway/registry)')
   .option('--config <file>', 'YAML configuration file (SLIPWAY_CONFIG)')
-  .addOption(new Option('--no-delete', 'refuse DELETE of blobs and manifests').default(undefined))
-  .action(async (opts: { listen?: string; data?: string; config?: string; delete?: boolean }) => {
-    const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, config: opts.config, deleteEnabled: opts.delete });
+  .option('--no-delete', 'refuse DELETE of blobs and manifests (SLIPWAY_DELETE_ENABLED=false)')
+  .action(async (opts: { listen?: string; data?: string; config?: string; delete?: boolean }, cmd: Command) => {
+    const deleteEnabled = cmd.getOptionValueSource('delete') === 'cli' ? opts.delete : undefined;
+    const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, config: opts.config, deleteEnabled });
     const running = await runRegistry(cfg);
     stopOnSignals(running.close);
     console.log(`slipway registry listening on ${running.url} (data in ${cfg.data})`);

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh Debian 12 machine, then runs every test.
+# Heavy servers (dockerd) start once here and are shared by the test files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive for real.
+packages=(docker.io docker-registry skopeo podman busybox-static runc wrk curl git)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test/run.sh: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npx tsc -p .
+
+work=$(mktemp -d /tmp/slipway-run.XXXXXX)
+dockerd_pid=
+cleanup() {
+  if [ -n "$dockerd_pid" ]; then
+    kill -TERM "$dockerd_pid" 2>/dev/null || true
+    wait "$dockerd_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# One dockerd for the whole run; tests isolate themselves by random repository names.
+node dist/test/harness/dockerd.js serve >"$work/dockerd.out" 2>"$work/dockerd.err" &
+dockerd_pid=$!
+for _ in $(seq 1 120); do
+  if grep -q '^DOCKER_HOST=' "$work/dockerd.out"; then break; fi
+  if ! kill -0 "$dockerd_pid" 2>/dev/null; then cat "$work/dockerd.err" >&2; echo "test/run.sh: dockerd did not start" >&2; exit 1; fi
+  sleep 0.5
+done
+SLIPWAY_TEST_DOCKER_HOST=$(sed -n 's/^DOCKER_HOST=//p' "$work/dockerd.out")
+[ -n "$SLIPWAY_TEST_DOCKER_HOST" ] || { cat "$work/dockerd.err" >&2; echo "test/run.sh: dockerd did not start in 60s" >&2; exit 1; }
+export SLIPWAY_TEST_DOCKER_HOST
+
+node --test --enable-source-maps --test-concurrency=2 dist/test/*.test.js
