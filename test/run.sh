@@ -44,4 +44,4 @@ SLIPWAY_TEST_DOCKER_HOST=$(sed -n 's/^DOCKER_HOST=//p' "$work/dockerd.out")
 [ -n "$SLIPWAY_TEST_DOCKER_HOST" ] || { cat "$work/dockerd.err" >&2; echo "test/run.sh: dockerd did not start in 60s" >&2; exit 1; }
 export SLIPWAY_TEST_DOCKER_HOST
 
-node --test --enable-source-maps --test-concurrency=2 dist/test/*.test.js
+node --test --enable-source-maps --test-concurrency=2 dist/test/*.test.js dist/test/unit/*.test.js
