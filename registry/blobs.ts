@@ -17,14 +17,15 @@ export const getBlob: Handler = async ({ store, options, name, param }, req, res
     if (url) {
       res.setHeader('Location', url);
       res.setHeader('Content-Length', '0');
-      res.status(307).end();
+      res.statusCode = 307;
+      res.end();
       return;
     }
   }
   res.setHeader('Content-Type', 'application/octet-stream');
   const range = parseRange(req.headers.range, info.size);
   if (range) {
-    res.status(206);
+    res.statusCode = 206;
     res.setHeader('Content-Range', `bytes ${range.start}-${range.end}/${info.size}`);
   }
   const length = range ? range.end - range.start + 1 : info.size;
@@ -48,5 +49,6 @@ export const deleteBlob: Handler = async ({ store, options, name, param }, _req,
   await store.blobs.unlink(name, digest);
   res.setHeader('Docker-Content-Digest', digest.value);
   res.setHeader('Content-Length', '0');
-  res.status(202).end();
+  res.statusCode = 202;
+  res.end();
 };

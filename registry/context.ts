@@ -1,4 +1,4 @@
-import type { Request, Response } from 'express';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Store } from '../storage/index.js';
 
 export interface RegistryOptions {
@@ -16,6 +16,10 @@ export interface RouteContext {
   name: string;
   /** The path parameter after the name (digest, reference or upload id). */
   param: string;
+  /** The request's query string. */
+  query: URLSearchParams;
 }
 
+export type Request = IncomingMessage;
+export type Response = ServerResponse;
 export type Handler = (ctx: RouteContext, req: Request, res: Response) => Promise<void>;

@@ -1,4 +1,4 @@
-import type { ErrorRequestHandler } from 'express';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   InvalidDigestError,
   ManifestInvalidError,
@@ -67,20 +67,21 @@ export function toRegistryError(err: unknown): RegistryError | null {
 }
 
 /** The one place that writes `{"errors":[…]}`. */
-export function errorMiddleware(log: (err: unknown) => void): ErrorRequestHandler {
-  return (err, req, res, _next) => {
-    const known = toRegistryError(err);
-    if (!known) {
-      const aborted = req.destroyed || (err as NodeJS.ErrnoException)?.code === 'ECONNRESET' || (err as Error)?.name === 'AbortError';
-      if (!aborted) log(err);
-    }
-    const e = known ?? new RegistryError('UNKNOWN', undefined, 'internal error');
-    if (res.headersSent) {
-      res.destroy();
-      return;
-    }
-    for (const [k, v] of Object.entries(e.headers)) res.setHeader(k, v);
-    const body = JSON.stringify({ errors: [{ code: e.code, message: e.message, ...(e.detail === undefined ? {} : { detail: e.detail }) }] });
-    res.status(e.status).type('application/json').setHeader('Content-Length', Buffer.byteLength(body)).end(req.method === 'HEAD' ? undefined : body);
-  };
+export function writeError(err: unknown, req: IncomingMessage, res: ServerResponse, log: (err: unknown) => void): void {
+  const known = toRegistryError(err);
+  if (!known) {
+    const aborted = req.destroyed || (err as NodeJS.ErrnoException)?.code === 'ECONNRESET' || (err as Error)?.name === 'AbortError';
+    if (!aborted) log(err);
+  }
+  const e = known ?? new RegistryError('UNKNOWN', undefined, 'internal error');
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  for (const [k, v] of Object.entries(e.headers)) res.setHeader(k, v);
+  const body = JSON.stringify({ errors: [{ code: e.code, message: e.message, ...(e.detail === undefined ? {} : { detail: e.detail }) }] });
+  res.statusCode = e.status;
+  res.setHeader('Content-Type', 'application/json');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
 }

@@ -1,4 +1,4 @@
-import type { Request, Response } from 'express';
+import type { Request, Response } from './context.js';
 import { RegistryError } from './errors.js';
 
 /** Parses a single `Range: bytes=a-b` against a blob's size; null means the whole blob. */
@@ -58,20 +58,21 @@ export const uploadRange = (offset: number): string => `0-${Math.max(0, offset -
 export function noContent(res: Response, status: number, headers: Record<string, string>): void {
   for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
   res.setHeader('Content-Length', '0');
-  res.status(status).end();
+  res.statusCode = status;
+  res.end();
 }
 
 /** Pagination parameters `n` and `last` of tags list and catalog. */
-export function pageParams(req: Request, defaultN: number | undefined): { n: number | undefined; last: string | undefined } {
-  const rawN = req.query.n;
+export function pageParams(query: URLSearchParams, defaultN: number | undefined): { n: number | undefined; last: string | undefined } {
+  const rawN = query.get('n') ?? undefined;
   let n = defaultN;
   if (rawN !== undefined) {
-    if (typeof rawN !== 'string' || !/^\d+$/.test(rawN)) {
+    if (!/^\d+$/.test(rawN)) {
       throw new RegistryError('PAGINATION_NUMBER_INVALID', { n: String(rawN) }, 'n must be a non-negative integer');
     }
     n = Number(rawN);
   }
-  const last = typeof req.query.last === 'string' && req.query.last !== '' ? req.query.last : undefined;
+  const last = query.get('last') || undefined;
   return { n, last };
 }
 
@@ -83,4 +84,13 @@ export function paginate(items: string[], n: number | undefined, last: string | 
   const page = after.slice(0, n);
   const next = page[page.length - 1] ?? '';
   return { page, link: `<${path}?n=${n}&last=${encodeURIComponent(next)}>; rel="next"` };
+}
+
+/** A JSON reply with an exact Content-Length. */
+export function sendJson(res: Response, status: number, value: unknown, contentType = 'application/json'): void {
+  const body = JSON.stringify(value);
+  res.statusCode = status;
+  res.setHeader('Content-Type', contentType);
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(body);
 }

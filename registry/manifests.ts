@@ -1,4 +1,3 @@
-import type { Request } from 'express';
 import {
   MAX_MANIFEST_BYTES,
   digestOf,
@@ -9,7 +8,7 @@ import {
   type StoredManifest,
 } from '../storage/index.js';
 import { RegistryError } from './errors.js';
-import type { Handler, RouteContext } from './context.js';
+import type { Handler, Request, RouteContext } from './context.js';
 import { contentLength, noContent } from './http.js';
 import { parseReference } from './names.js';
 
@@ -69,7 +68,8 @@ export const getManifest: Handler = async (ctx, req, res) => {
   res.setHeader('Docker-Content-Digest', stored.digest);
   res.setHeader('ETag', `"${stored.digest}"`);
   res.setHeader('Content-Length', String(stored.bytes.length));
-  res.status(200).end(req.method === 'HEAD' ? undefined : stored.bytes);
+  res.statusCode = 200;
+  res.end(req.method === 'HEAD' ? undefined : stored.bytes);
 };
 
 export const putManifest: Handler = async (ctx, req, res) => {

@@ -1,7 +1,6 @@
-import type { Request } from 'express';
 import { isStoreError, type UploadStatus } from '../storage/index.js';
 import { RegistryError } from './errors.js';
-import type { Handler, RouteContext } from './context.js';
+import type { Handler, Request, RouteContext } from './context.js';
 import { contentLength, hasBody, noContent, parseContentRange, uploadRange } from './http.js';
 import { requestDigest, validateName } from './names.js';
 
@@ -30,16 +29,18 @@ async function rangeError(ctx: RouteContext, err: unknown): Promise<never> {
 }
 
 /** POST: cross-repository mount, monolithic upload (?digest=), or a new session. */
-export const startUpload: Handler = async ({ store, name }, req, res) => {
-  const { mount, from, digest } = req.query;
-  if (typeof mount === 'string' && typeof from === 'string') {
+export const startUpload: Handler = async ({ store, name, query }, req, res) => {
+  const mount = query.get('mount');
+  const from = query.get('from');
+  const digest = query.get('digest');
+  if (mount !== null && from !== null) {
     const mounted = await store.blobs.mount(name, validateName(from), requestDigest(mount, 'mount'));
     if (mounted) {
       noContent(res, 201, { Location: `/v2/${name}/blobs/${mounted.digest}`, 'Docker-Content-Digest': mounted.digest });
       return;
     }
   }
-  if (digest !== undefined) {
+  if (digest !== null) {
     const wanted = requestDigest(digest);
     const blob = await store.uploads.putWhole(name, wanted, req, { length: contentLength(req), signal: requestSignal(req) });
     noContent(res, 201, { Location: `/v2/${name}/blobs/${blob.digest}`, 'Docker-Content-Digest': blob.digest });
@@ -69,7 +70,7 @@ export const patchUpload: Handler = async (ctx, req, res) => {
 
 /** PUT ?digest=: completes the session, with or without a last chunk. */
 export const completeUpload: Handler = async (ctx, req, res) => {
-  const digest = requestDigest(req.query.digest);
+  const digest = requestDigest(ctx.query.get('digest'));
   const range = parseContentRange(req.headers['content-range'] as string | undefined);
   const body = hasBody(req) ? req : undefined;
   const blob = await ctx.store.uploads
