@@ -51,6 +51,11 @@ export interface StorageDriver {
   walk(path: string): AsyncIterable<FileInfo>;
   /** A URL the client may fetch the file from directly, or null to proxy. */
   redirectURL?(path: string, method: 'GET' | 'HEAD'): Promise<string | null>;
+  /**
+   * Removes what writes that never committed left behind outside any path
+   * (S3: incomplete multipart uploads) if started before `olderThan`; returns how many.
+   */
+  cleanIncomplete?(olderThan: Date): Promise<number>;
 }
 
 /** Raised by drivers for a path that does not exist. */

@@ -1,4 +1,4 @@
-import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, readFileSync, statSync, type WriteStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
@@ -21,10 +21,16 @@ export class FilesystemDriver implements StorageDriver {
     return join(this.root, path);
   }
 
+  /*
+   * stat and getContent use the synchronous calls: they touch only metadata and
+   * small link files, which are in the page cache, and a sync call there costs
+   * a few microseconds against a thread-pool round trip per call (open, fstat,
+   * read and close are four). Everything that moves blob bytes stays async.
+   */
   async stat(path: string): Promise<FileInfo | null> {
     try {
-      const st = await fs.stat(this.full(path));
-      return { path, size: st.size, modTime: st.mtime, isDir: st.isDirectory() };
+      const st = statSync(this.full(path), { throwIfNoEntry: false });
+      return st ? { path, size: st.size, modTime: st.mtime, isDir: st.isDirectory() } : null;
     } catch (err) {
       if (isNotFound(err)) return null;
       throw err;
@@ -63,7 +69,7 @@ export class FilesystemDriver implements StorageDriver {
 
   async getContent(path: string): Promise<Buffer> {
     try {
-      return await fs.readFile(this.full(path));
+      return readFileSync(this.full(path));
     } catch (err) {
       if (isNotFound(err)) throw new PathNotFoundError(path);
       throw err;

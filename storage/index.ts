@@ -1,6 +1,9 @@
 export type { FileInfo, FileWriter, ReadOptions, StorageDriver } from './driver.js';
 export { PathNotFoundError } from './driver.js';
 export { FilesystemDriver } from './fs-driver.js';
+export { S3Driver } from './s3-driver.js';
+export { S3StorageError, type S3Options } from './s3-client.js';
+export { createDriver, parseStorageSpec, type CreatedDriver, type StorageSpec } from './create-driver.js';
 export {
   DIGEST_ALGORITHMS,
   HashingStream,

@@ -147,7 +147,8 @@ export class UploadStore {
     }
     const k = key(repo, uuid);
     const known = this.live.get(k);
-    const hash = known && known.offset === status.offset ? known.hash : undefined;
+    // A session that has no byte yet can be hashed by whichever instance gets its first chunk.
+    const hash = known && known.offset === status.offset ? known.hash : status.offset === 0 ? createHash('sha256') : undefined;
     this.live.delete(k);
     const writer = await this.driver.writer(paths.uploadData(repo, uuid), { append: true });
     const counter = new HashingStream(hash ?? nullHash());
