@@ -6,6 +6,11 @@ import { parse as parseYaml } from 'yaml';
 export interface RegistryConfig {
   listen: string;
   data: string;
+  /**
+   * Where to store, when not the filesystem at `data` (and then `data` is unused):
+   * `s3://HOST:PORT/BUCKET?…`, `file:///dir`, or in YAML also `{ s3: {…} }` (storage/create-driver.ts).
+   */
+  storage: string | Record<string, unknown>;
   deleteEnabled: boolean;
   /** Remove upload sessions older than this many seconds. */
   uploadMaxAge: number;
@@ -14,6 +19,7 @@ export interface RegistryConfig {
 export const REGISTRY_DEFAULTS: RegistryConfig = {
   listen: '127.0.0.1:5000',
   data: './.slipway/registry',
+  storage: '',
   deleteEnabled: true,
   uploadMaxAge: 7 * 24 * 3600,
 };
@@ -23,12 +29,16 @@ type Partial_ = { [K in keyof RegistryConfig]?: RegistryConfig[K] };
 const ENV: Record<keyof RegistryConfig, string> = {
   listen: 'SLIPWAY_LISTEN',
   data: 'SLIPWAY_DATA',
+  storage: 'SLIPWAY_STORAGE',
   deleteEnabled: 'SLIPWAY_DELETE_ENABLED',
   uploadMaxAge: 'SLIPWAY_UPLOAD_MAX_AGE',
 };
 
 function coerce<K extends keyof RegistryConfig>(key: K, value: unknown, where: string): RegistryConfig[K] {
   const want = typeof REGISTRY_DEFAULTS[key];
+  if (key === 'storage' && typeof value === 'object' && value !== null && !Array.isArray(value)) {
+    return value as RegistryConfig[K];
+  }
   if (want === 'boolean') {
     if (typeof value === 'boolean') return value as RegistryConfig[K];
     if (value === 'true' || value === '1') return true as RegistryConfig[K];

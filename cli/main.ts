@@ -10,17 +10,22 @@ const program = new Command('slipway')
 
 program
   .command('registry')
-  .description('run the OCI registry alone (filesystem storage)')
+  .description('run the OCI registry alone (filesystem or S3 storage)')
   .option('--listen <host:port>', 'address to listen on (SLIPWAY_LISTEN; default 127.0.0.1:5000)')
   .option('--data <dir>', 'storage directory (SLIPWAY_DATA; default ./.slipway/registry)')
+  .option(
+    '--storage <spec>',
+    'storage, winning over --data: a directory, file:///dir, or s3://HOST:PORT/BUCKET?region=us-east-1&tls=false&prefix=P&redirect=true ' +
+      'with credentials in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or SLIPWAY_S3_ACCESS_KEY/SLIPWAY_S3_SECRET_KEY (SLIPWAY_STORAGE)',
+  )
   .option('--config <file>', 'YAML configuration file (SLIPWAY_CONFIG)')
   .option('--no-delete', 'refuse DELETE of blobs and manifests (SLIPWAY_DELETE_ENABLED=false)')
-  .action(async (opts: { listen?: string; data?: string; config?: string; delete?: boolean }, cmd: Command) => {
+  .action(async (opts: { listen?: string; data?: string; storage?: string; config?: string; delete?: boolean }, cmd: Command) => {
     const deleteEnabled = cmd.getOptionValueSource('delete') === 'cli' ? opts.delete : undefined;
-    const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, config: opts.config, deleteEnabled });
+    const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, storage: opts.storage, config: opts.config, deleteEnabled });
     const running = await runRegistry(cfg);
     stopOnSignals(running.close);
-    console.log(`slipway registry listening on ${running.url} (data in ${cfg.data})`);
+    console.log(`slipway registry listening on ${running.url} (${running.storage})`);
   });
 
 program

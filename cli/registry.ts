@@ -1,21 +1,25 @@
-import { mkdirSync } from 'node:fs';
-import { FilesystemDriver, createStore } from '../storage/index.js';
+import { createDriver, createStore } from '../storage/index.js';
 import { startRegistry, type RunningRegistry } from '../registry/index.js';
 import { parseListen, type RegistryConfig } from './config.js';
 
-/** Runs the registry from a resolved config until `stop` is called. */
-export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry> {
-  mkdirSync(cfg.data, { recursive: true });
-  const store = createStore(new FilesystemDriver(cfg.data));
+/**
+ * Runs the registry from a resolved config until `stop` is called. `storage`,
+ * when set, wins over `data`; S3 storage is checked first (fails naming the endpoint).
+ */
+export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry & { storage: string }> {
+  const { driver, redirect, description } = await createDriver(cfg.storage || cfg.data);
+  const store = createStore(driver);
   const { host, port } = parseListen(cfg.listen);
-  return startRegistry({
+  const running = await startRegistry({
     store,
     host,
     port,
+    redirect,
     deleteEnabled: cfg.deleteEnabled,
     uploadMaxAge: cfg.uploadMaxAge * 1000,
     log: (err) => console.error('slipway registry:', err),
   });
+  return { ...running, storage: driver.name === 'filesystem' ? `data in ${description}` : `storage ${description}` };
 }
 
 /** Stops `stoppable` on SIGTERM/SIGINT and exits. */

@@ -35,8 +35,8 @@ function bool(value: unknown, where: string): boolean {
 }
 
 function withCredentials(options: S3Options, env: NodeJS.ProcessEnv): S3Options {
-  const accessKey = options.accessKey ?? env.SLIPWAY_S3_ACCESS_KEY ?? env.AWS_ACCESS_KEY_ID;
-  const secretKey = options.secretKey ?? env.SLIPWAY_S3_SECRET_KEY ?? env.AWS_SECRET_ACCESS_KEY;
+  const accessKey = options.accessKey || env.SLIPWAY_S3_ACCESS_KEY || env.AWS_ACCESS_KEY_ID;
+  const secretKey = options.secretKey || env.SLIPWAY_S3_SECRET_KEY || env.AWS_SECRET_ACCESS_KEY;
   return { ...options, accessKey, secretKey };
 }
 

@@ -63,6 +63,8 @@ export function s3Target(opts: S3Options, env: NodeJS.ProcessEnv = process.env):
     secretKey,
     region: opts.region ?? 'us-east-1',
     pathStyle: opts.pathStyle ?? true,
+    // putObject is only given buffers of at most one part: make sure it sends them in one PUT.
+    partSize: Math.max(partSize, 64 * MiB),
   });
   return { client, bucket: opts.bucket, endpoint: `${useSSL ? 'https' : 'http'}://${url.host}`, partSize, copyPartSize };
 }

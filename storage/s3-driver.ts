@@ -3,6 +3,7 @@ import { PathNotFoundError, type FileInfo, type FileWriter, type ReadOptions, ty
 import { compose, type Segment } from './s3-compose.js';
 import { contentLength, isInvalidRange, isNotFound, readAll, s3Error, s3Target, type S3Options, type S3Target } from './s3-client.js';
 import { S3ObjectWriter } from './s3-writer.js';
+import { abortUploads, deleteKeys, listChildren, listKeys, listObjects } from './s3-bucket.js';
 
 /*
  * Storage on an S3-compatible bucket (MinIO, Ceph RGW, AWS) through the minio client.
@@ -119,7 +120,7 @@ export class S3Driver implements StorageDriver {
     const key = this.key(path);
     const remove = () => this.delete(path);
     if (!opts.append) {
-      await this.deleteKeys(await this.listKeys(this.chunkPrefix(path)));
+      await deleteKeys(this.t, await listKeys(this.t, this.chunkPrefix(path)));
       return new S3ObjectWriter(this.t, key, { remove });
     }
     const initial = await this.makeChunked(path);
@@ -139,27 +140,15 @@ export class S3Driver implements StorageDriver {
   async putContent(path: string, content: Buffer | string): Promise<void> {
     const body = Buffer.from(content);
     const key = this.key(path);
-    if (body.length === 0) await this.deleteKeys(await this.listKeys(this.chunkPrefix(path)));
+    if (body.length === 0) await deleteKeys(this.t, await listKeys(this.t, this.chunkPrefix(path)));
     await this.t.client.putObject(this.t.bucket, key, body, body.length).catch((err: unknown) => {
       throw this.fail(`writing ${path}`, err);
     });
   }
 
   async list(path: string): Promise<string[]> {
-    const prefix = this.dirPrefix(path);
-    const names = new Set<string>();
-    let token = '';
-    do {
-      const page = await this.t.client.listObjectsV2Query(this.t.bucket, prefix, token, '/', 1000, '').catch((err: unknown) => {
-        throw this.fail(`listing ${path}`, err);
-      });
-      for (const o of page.objects) {
-        const name = (o.name ?? o.prefix ?? '').slice(prefix.length).replace(/\/$/, '');
-        if (name && !name.endsWith(CHUNKS)) names.add(name);
-      }
-      token = page.isTruncated ? page.nextContinuationToken : '';
-    } while (token);
-    return [...names].sort();
+    const names = await listChildren(this.t, this.dirPrefix(path));
+    return [...names].filter((n) => !n.endsWith(CHUNKS)).sort();
   }
 
   async move(src: string, dest: string): Promise<void> {
@@ -177,16 +166,16 @@ export class S3Driver implements StorageDriver {
   async delete(path: string): Promise<void> {
     const key = path === '/' ? this.base : this.key(path);
     const mine = (k: string) => path === '/' || k === key || k.startsWith(`${key}/`) || k.startsWith(`${key}${CHUNKS}/`);
-    await this.abortUploads(key, mine);
-    const keys = (await this.listKeys(key)).filter(mine);
+    await abortUploads(this.t, key, mine);
+    const keys = (await listKeys(this.t, key)).filter(mine);
     // Chunks before the (empty) object that says "this file is its chunks".
-    await this.deleteKeys(keys.filter((k) => k !== key));
-    await this.deleteKeys(keys.filter((k) => k === key));
+    await deleteKeys(this.t, keys.filter((k) => k !== key));
+    await deleteKeys(this.t, keys.filter((k) => k === key));
   }
 
   async *walk(path: string): AsyncIterable<FileInfo> {
     const prefix = this.dirPrefix(path);
-    for await (const o of this.listObjects(prefix)) {
+    for await (const o of listObjects(this.t, prefix)) {
       const rel = o.name.slice(this.base.length);
       if (rel.endsWith('/') || rel.split('/').some((p) => p.endsWith(CHUNKS))) continue;
       const file = `/${rel}`;
@@ -205,7 +194,7 @@ export class S3Driver implements StorageDriver {
 
   /** Aborts multipart uploads under this driver's prefix started before `olderThan`; returns how many. */
   async cleanIncomplete(olderThan: Date): Promise<number> {
-    return this.abortUploads(this.base, (_key, initiated) => initiated < olderThan);
+    return abortUploads(this.t, this.base, (_key, initiated) => initiated < olderThan);
   }
 
   /** Fails fast, naming the endpoint, when S3 cannot be reached, the bucket is missing or the credentials are refused. */
@@ -233,7 +222,7 @@ export class S3Driver implements StorageDriver {
   private async chunks(path: string): Promise<(Segment & { modTime: Date })[]> {
     const prefix = this.chunkPrefix(path);
     const found: (Segment & { offset: number; modTime: Date })[] = [];
-    for await (const o of this.listObjects(prefix)) {
+    for await (const o of listObjects(this.t, prefix)) {
       const offset = Number(o.name.slice(prefix.length));
       if (Number.isSafeInteger(offset)) found.push({ key: o.name, size: o.size, offset, modTime: o.lastModified });
     }
@@ -270,7 +259,7 @@ export class S3Driver implements StorageDriver {
     const size = segments.reduce((n, s) => n + s.size, 0);
     if (segments[0]?.key !== key) return size;
     // A plain file: its bytes become chunk 0, after stale chunks are gone.
-    await this.deleteKeys(await this.listKeys(this.chunkPrefix(path)));
+    await deleteKeys(this.t, await listKeys(this.t, this.chunkPrefix(path)));
     await compose(this.t, segments, this.chunkKey(path, 0));
     await this.t.client.putObject(this.t.bucket, key, Buffer.alloc(0), 0).catch((err: unknown) => {
       throw this.fail(`writing ${path}`, err);
@@ -291,58 +280,6 @@ export class S3Driver implements StorageDriver {
         for await (const c of part) yield c as Buffer;
       }
       at += seg.size;
-    }
-  }
-
-  private async *listObjects(prefix: string): AsyncIterable<{ name: string; size: number; lastModified: Date }> {
-    let token = '';
-    do {
-      const page = await this.t.client.listObjectsV2Query(this.t.bucket, prefix, token, '', 1000, '').catch((err: unknown) => {
-        throw this.fail(`listing ${prefix}`, err);
-      });
-      for (const o of page.objects) {
-        if (o.name !== undefined) yield { name: o.name, size: o.size ?? 0, lastModified: o.lastModified ?? new Date(0) };
-      }
-      token = page.isTruncated ? page.nextContinuationToken : '';
-    } while (token);
-  }
-
-  private async listKeys(prefix: string): Promise<string[]> {
-    const keys: string[] = [];
-    for await (const o of this.listObjects(prefix)) keys.push(o.name);
-    return keys;
-  }
-
-  private async deleteKeys(keys: string[]): Promise<void> {
-    for (let i = 0; i < keys.length; i += 1000) {
-      const results = await this.t.client.removeObjects(this.t.bucket, keys.slice(i, i + 1000)).catch((err: unknown) => {
-        throw this.fail(`deleting ${keys.length} objects`, err);
-      });
-      // DeleteObjects in quiet mode reports only the keys it failed on.
-      const failed = results.filter((r) => r);
-      if (failed.length) throw this.fail(`deleting ${failed.length} objects`, new Error(JSON.stringify(failed.slice(0, 3))));
-    }
-  }
-
-  /** Aborts the multipart uploads under `prefix` that `which` selects; returns how many. */
-  private async abortUploads(prefix: string, which: (key: string, initiated: Date) => boolean): Promise<number> {
-    let aborted = 0;
-    let keyMarker = '';
-    let uploadIdMarker = '';
-    for (;;) {
-      const page = await this.t.client.listIncompleteUploadsQuery(this.t.bucket, prefix, keyMarker, uploadIdMarker, '').catch((err: unknown) => {
-        throw this.fail(`listing incomplete uploads under ${prefix}`, err);
-      });
-      for (const u of page.uploads) {
-        if (!which(u.key, u.initiated)) continue;
-        await this.t.client.abortMultipartUpload(this.t.bucket, u.key, u.uploadId).catch((err: unknown) => {
-          if (!isNotFound(err) && (err as { code?: string }).code !== 'NoSuchUpload') throw this.fail(`aborting the upload of ${u.key}`, err);
-        });
-        aborted++;
-      }
-      if (!page.isTruncated) return aborted;
-      keyMarker = page.nextKeyMarker;
-      uploadIdMarker = page.nextUploadIdMarker;
     }
   }
 }

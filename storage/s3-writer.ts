@@ -11,15 +11,17 @@ export interface ObjectWriterOptions {
   remove: () => Promise<void>;
 }
 
-/** Parts uploading while the next one fills; memory per writer ≈ (1 + this) × partSize. */
+/**
+ * Parts uploading at once. When all are busy the source waits (backpressure),
+ * so a writer holds at most this many parts (plus one stream buffer) in memory.
+ */
 const PARTS_IN_FLIGHT = 2;
 const MAX_PARTS = 10_000;
 
 /**
  * Streams one S3 object with bounded memory. Bytes collect until a part is
- * full; the first full part starts a multipart upload, and up to
- * PARTS_IN_FLIGHT parts upload while the next fills (backpressure holds the
- * source beyond that). An object smaller than one part is a single PUT.
+ * full; the first full part starts a multipart upload, and parts upload
+ * while the next fills, PARTS_IN_FLIGHT at most. An object smaller than one part is a single PUT.
  * Part sizes grow every 1000 parts so that an object of unknown size still fits
  * S3's 10,000 parts. Nothing is visible at the key before `commit()` resolves;
  * a failed or destroyed writer aborts its multipart upload.

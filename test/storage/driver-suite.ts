@@ -9,6 +9,7 @@ import {
   createStore,
   isStoreError,
   parseDigest,
+  purgeUploads,
   type StorageDriver,
 } from '../../storage/index.js';
 
@@ -73,6 +74,31 @@ export function driverSuite(name: string, make: () => Promise<DriverFixture>): v
       assert.equal(w.size, first.length + second.length);
       const all = await readAll(await d.reader(path));
       assert.ok(all.equals(Buffer.concat([first, second])));
+    });
+
+    test('appends of many sizes read back whole, by range, and after a move', async () => {
+      const dir = p('appends');
+      const path = `${dir}/appended`;
+      const sizes = [1000, 6 * 1024 * 1024, 3, 7 * 1024 * 1024 + 5, 0, 100];
+      const pieces = sizes.map((n) => randomBytes(n));
+      for (const piece of pieces) {
+        const w = await d.writer(path, { append: true });
+        await pipeline(Readable.from(piece.length ? [piece] : []), w);
+        await w.commit();
+      }
+      const all = Buffer.concat(pieces);
+      assert.equal((await d.stat(path))?.size, all.length);
+      assert.ok((await readAll(await d.reader(path))).equals(all));
+      for (const [offset, length] of [[999, 2], [500, 6 * 1024 * 1024 + 10], [all.length - 50, 50], [6 * 1024 * 1024 + 1001, undefined]] as const) {
+        const got = await readAll(await d.reader(path, { offset, length }));
+        assert.ok(got.equals(all.subarray(offset, length === undefined ? undefined : offset + length)), `range ${offset}+${length}`);
+      }
+      const moved = `${dir}/appended-moved`;
+      await d.move(path, moved);
+      assert.equal(await d.stat(path), null);
+      assert.equal((await d.stat(moved))?.size, all.length);
+      assert.ok((await readAll(await d.reader(moved))).equals(all));
+      assert.deepEqual(await d.list(dir), ['appended-moved']);
     });
 
     test('cancel removes what was written', async () => {
@@ -154,6 +180,19 @@ export function driverSuite(name: string, make: () => Promise<DriverFixture>): v
         );
         assert.equal(await store.blobs.statGlobal(wrong), null);
         assert.equal(await store.blobs.statGlobal(parseDigest(sha(bytes))), null);
+        assert.deepEqual(await d.list(`/v2/repositories/${repo}/_uploads`), []);
+      });
+
+      test('abandoned upload sessions are purged after the configured age, young ones kept', async () => {
+        const store = createStore(d);
+        const repo = `suite/r${randomBytes(4).toString('hex')}`;
+        const s = await store.uploads.start(repo);
+        await store.uploads.append(repo, s.uuid, Readable.from([randomBytes(1000)]));
+        assert.equal(await purgeUploads(store, 3600_000), 0);
+        assert.equal((await store.uploads.status(repo, s.uuid)).offset, 1000);
+        await new Promise((r) => setTimeout(r, 10));
+        assert.ok((await purgeUploads(store, 0)) >= 1);
+        await assert.rejects(store.uploads.status(repo, s.uuid), (e: unknown) => isStoreError(e, 'upload-unknown'));
         assert.deepEqual(await d.list(`/v2/repositories/${repo}/_uploads`), []);
       });
 
