@@ -1,11 +1,17 @@
 import { Command } from 'commander';
 import { resolve } from 'node:path';
-import { FilesystemDriver, checkIntegrity } from '../storage/index.js';
 import { loadRegistryConfig } from './config.js';
-import { runRegistry, stopOnSignals } from './registry.js';
+import { registerRunnerCommands } from './runner.js';
+
+/*
+ * The server roles (registry, up, fsck) load their modules when they run, so
+ * the client verbs (run, ps, …) start without loading express and the store.
+ */
+const registryRole = () => import('./registry.js');
 
 const program = new Command('slipway')
   .description('Build-ship-run container platform: OCI registry, builder, runner')
+  .enablePositionalOptions()
   .showHelpAfterError();
 
 program
@@ -23,6 +29,7 @@ program
   .action(async (opts: { listen?: string; data?: string; storage?: string; config?: string; delete?: boolean }, cmd: Command) => {
     const deleteEnabled = cmd.getOptionValueSource('delete') === 'cli' ? opts.delete : undefined;
     const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, storage: opts.storage, config: opts.config, deleteEnabled });
+    const { runRegistry, stopOnSignals } = await registryRole();
     const running = await runRegistry(cfg);
     stopOnSignals(running.close);
     console.log(`slipway registry listening on ${running.url} (${running.storage})`);
@@ -36,6 +43,7 @@ program
   .action(async (opts: { state: string; listen: string }) => {
     const state = resolve(opts.state);
     const cfg = loadRegistryConfig({ listen: opts.listen, data: `${state}/registry` });
+    const { runRegistry, stopOnSignals } = await registryRole();
     const running = await runRegistry(cfg);
     stopOnSignals(running.close);
     console.log(`slipway up: registry listening on ${running.url} (state in ${state})`);
@@ -46,11 +54,14 @@ program
   .description('verify that every stored blob matches its digest and nothing partial is visible')
   .requiredOption('--data <dir>', 'storage directory')
   .action(async (opts: { data: string }) => {
+    const { FilesystemDriver, checkIntegrity } = await import('../storage/index.js');
     const report = await checkIntegrity(new FilesystemDriver(resolve(opts.data)));
     for (const p of report.problems) console.log(`problem: ${p}`);
     console.log(`${report.blobs} blobs checked, ${report.problems.length} problems`);
     process.exitCode = report.problems.length ? 1 : 0;
   });
+
+registerRunnerCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   console.error(`slipway: ${err instanceof Error ? err.message : String(err)}`);

@@ -1,0 +1,17 @@
+/** The runner: pull and unpack images, run them under runc with cgroups and a network. */
+export * from './lifecycle.js';
+export * from './network/index.js';
+export type { ImageRunConfig, LocalImage, NetworkAttachment, PortMapping } from './types.js';
+export { ImageStore, type ImageStoreOptions, type PullOptions, type RemoveResult } from './image-store.js';
+export {
+  InvalidReferenceError,
+  defaultRegistry,
+  formatReference,
+  normalizeReference,
+  parseReference,
+  type ImageReference,
+} from './reference.js';
+export { RegistryClient, RegistryError as PullError } from './registry-client.js';
+export { UnsafeLayerError, unpackLayer } from './unpack.js';
+export { mountPoints, mountRootfs, unmountRootfs, type MountedRootfs } from './overlay.js';
+export { progressPrinter, type LayerPhase, type ProgressListener, type PullProgress } from './progress.js';
