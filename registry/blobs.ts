@@ -1,4 +1,3 @@
-import { pipeline } from 'node:stream/promises';
 import { RegistryError } from './errors.js';
 import type { Handler } from './context.js';
 import { parseRange } from './http.js';
@@ -36,11 +35,14 @@ export const getBlob: Handler = async ({ store, options, name, param }, req, res
   }
   const abort = new AbortController();
   res.once('close', () => abort.abort());
-  const body = await store.blobs.open(digest, { offset: range?.start ?? 0, length, signal: abort.signal });
-  await pipeline(body, res).catch((err: unknown) => {
-    if (!res.writableFinished) res.destroy();
-    if ((err as Error).name !== 'AbortError' && !res.destroyed) throw err;
-  });
+  try {
+    await store.blobs.send(digest, res, { offset: range?.start ?? 0, length, signal: abort.signal });
+    res.end();
+  } catch (err) {
+    // Headers are out: the client sees a cut-off body, never a wrong one.
+    res.destroy();
+    if (!abort.signal.aborted && (err as Error).name !== 'AbortError') throw err;
+  }
 };
 
 export const deleteBlob: Handler = async ({ store, options, name, param }, _req, res) => {

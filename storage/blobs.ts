@@ -1,4 +1,5 @@
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import type { FileInfo, StorageDriver } from './driver.js';
 import { parseDigest, type Digest } from './digest.js';
 import { StoreError } from './errors.js';
@@ -31,6 +32,13 @@ export class BlobStore {
 
   async open(digest: Digest, opts: { offset?: number; length?: number; signal?: AbortSignal } = {}): Promise<Readable> {
     return this.driver.reader(paths.blobData(digest), opts);
+  }
+
+  /** Writes a blob's bytes (or a range of them) into `dest`, which is left open. */
+  async send(digest: Digest, dest: Writable, opts: { offset: number; length: number; signal?: AbortSignal }): Promise<void> {
+    const path = paths.blobData(digest);
+    if (this.driver.copyTo) return this.driver.copyTo(path, dest, opts);
+    await pipeline(await this.driver.reader(path, opts), dest, { end: false, signal: opts.signal });
   }
 
   async redirectURL(digest: Digest, method: 'GET' | 'HEAD'): Promise<string | null> {

@@ -52,6 +52,12 @@ export interface StorageDriver {
   /** A URL the client may fetch the file from directly, or null to proxy. */
   redirectURL?(path: string, method: 'GET' | 'HEAD'): Promise<string | null>;
   /**
+   * Writes `length` bytes of the file from `offset` into `dest` (without
+   * ending it), honouring backpressure. Optional: a driver that can move bytes
+   * more cheaply than through reader()'s stream implements it.
+   */
+  copyTo?(path: string, dest: Writable, opts: { offset: number; length: number; signal?: AbortSignal }): Promise<void>;
+  /**
    * Removes what writes that never committed left behind outside any path
    * (S3: incomplete multipart uploads) if started before `olderThan`; returns how many.
    */

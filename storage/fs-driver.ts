@@ -2,7 +2,7 @@ import { createReadStream, createWriteStream, readFileSync, statSync, type Write
 import * as fs from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { PathNotFoundError, type FileInfo, type FileWriter, type ReadOptions, type StorageDriver } from './driver.js';
 
 const isNotFound = (err: unknown): boolean =>
@@ -54,6 +54,27 @@ export class FilesystemDriver implements StorageDriver {
       return Readable.from([]);
     }
     return createReadStream('', { fd: handle, start, end, signal: opts.signal, highWaterMark: 256 * 1024 });
+  }
+
+  /*
+   * Blob downloads read into a few buffers that are reused once the socket
+   * has taken their bytes, instead of a stream that allocates a new buffer per
+   * read: measured on 64 MiB blobs, 4 in parallel, this is what closes most of
+   * the gap to a Go server's sendfile.
+   */
+  async copyTo(path: string, dest: Writable, opts: { offset: number; length: number; signal?: AbortSignal }): Promise<void> {
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(this.full(path), 'r');
+    } catch (err) {
+      if (isNotFound(err)) throw new PathNotFoundError(path);
+      throw err;
+    }
+    try {
+      await copyPooled(handle, dest, opts);
+    } finally {
+      await handle.close();
+    }
   }
 
   async writer(path: string, opts: { append?: boolean } = {}): Promise<FileWriter> {
@@ -131,6 +152,45 @@ export class FilesystemDriver implements StorageDriver {
         if (st) yield st;
       }
     }
+  }
+}
+
+const COPY_BUFFER = 512 * 1024;
+const COPY_BUFFERS = 3;
+
+async function copyPooled(handle: fs.FileHandle, dest: Writable, opts: { offset: number; length: number; signal?: AbortSignal }): Promise<void> {
+  const buffers = Array.from({ length: COPY_BUFFERS }, () => Buffer.allocUnsafe(COPY_BUFFER));
+  const written: Promise<void>[] = buffers.map(() => Promise.resolve());
+  let failure: Error | null = null;
+  let onClose = (): void => undefined;
+  // A destination that closes early may never call back its pending writes.
+  const closed = new Promise<void>((resolve) => {
+    onClose = () => {
+      failure ??= Object.assign(new Error('the destination closed'), { name: 'AbortError' });
+      resolve();
+    };
+  });
+  dest.once('close', onClose);
+  let position = opts.offset;
+  const end = opts.offset + opts.length;
+  try {
+    for (let i = 0; position < end; i++) {
+      const k = i % COPY_BUFFERS;
+      await Promise.race([written[k], closed]);
+      if (failure || opts.signal?.aborted) throw failure ?? opts.signal?.reason;
+      const buffer = buffers[k]!;
+      const { bytesRead } = await handle.read(buffer, 0, Math.min(COPY_BUFFER, end - position), position);
+      if (bytesRead === 0) throw new Error(`storage: file ended at ${position}, before ${end}`);
+      position += bytesRead;
+      written[k] = new Promise<void>((resolve, reject) => {
+        dest.write(buffer.subarray(0, bytesRead), (err) => (err ? reject(err) : resolve()));
+      });
+      written[k]!.catch(() => undefined);
+    }
+    await Promise.race([Promise.all(written), closed]);
+    if (failure) throw failure;
+  } finally {
+    dest.off('close', onClose);
   }
 }
 
