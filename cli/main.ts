@@ -1,13 +1,17 @@
-import { Command } from 'commander';
+import type { Command as CommandType } from 'commander';
 import { resolve } from 'node:path';
-import { loadRegistryConfig } from './config.js';
-import { registerRunnerCommands } from './runner.js';
+import { startStandby } from './standby.js';
+
+// First of all, before this process loads its modules: `run`'s supervisor boots meanwhile.
+const standby = startStandby(process.argv);
 
 /*
- * The server roles (registry, up, fsck) load their modules when they run, so
- * the client verbs (run, ps, …) start without loading express and the store.
+ * The server roles (registry, up, fsck) load their modules, and the YAML parser of their
+ * configuration, when they run, so the client verbs (run, ps, …) start without them.
  */
 const registryRole = () => import('./registry.js');
+const registryConfig = () => import('./config.js');
+const [{ Command }, { registerRunnerCommands }] = await Promise.all([import('commander'), import('./runner.js')]);
 
 const program = new Command('slipway')
   .description('Build-ship-run container platform: OCI registry, builder, runner')
@@ -26,8 +30,9 @@ program
   )
   .option('--config <file>', 'YAML configuration file (SLIPWAY_CONFIG)')
   .option('--no-delete', 'refuse DELETE of blobs and manifests (SLIPWAY_DELETE_ENABLED=false)')
-  .action(async (opts: { listen?: string; data?: string; storage?: string; config?: string; delete?: boolean }, cmd: Command) => {
+  .action(async (opts: { listen?: string; data?: string; storage?: string; config?: string; delete?: boolean }, cmd: CommandType) => {
     const deleteEnabled = cmd.getOptionValueSource('delete') === 'cli' ? opts.delete : undefined;
+    const { loadRegistryConfig } = await registryConfig();
     const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, storage: opts.storage, config: opts.config, deleteEnabled });
     const { runRegistry, stopOnSignals } = await registryRole();
     const running = await runRegistry(cfg);
@@ -42,6 +47,7 @@ program
   .option('--listen <host:port>', 'registry address', '127.0.0.1:5000')
   .action(async (opts: { state: string; listen: string }) => {
     const state = resolve(opts.state);
+    const { loadRegistryConfig } = await registryConfig();
     const cfg = loadRegistryConfig({ listen: opts.listen, data: `${state}/registry` });
     const { runRegistry, stopOnSignals } = await registryRole();
     const running = await runRegistry(cfg);
@@ -61,7 +67,7 @@ program
     process.exitCode = report.problems.length ? 1 : 0;
   });
 
-registerRunnerCommands(program);
+registerRunnerCommands(program, { standby });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   console.error(`slipway: ${err instanceof Error ? err.message : String(err)}`);

@@ -1,4 +1,5 @@
 /** `slipway run`, `ps`, `logs`, `stop`, … : docker's container and image verbs over the runner. */
+import type { ChildProcess } from 'node:child_process';
 import { Command, Option } from 'commander';
 import {
   BadOptionError,
@@ -14,6 +15,7 @@ import {
   type LocalImage,
   type RunFlags,
 } from '../runner/index.js';
+import { dismissStandby } from './standby.js';
 
 interface RootFlags {
   root?: string;
@@ -87,14 +89,14 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]! + 3))).join('').trimEnd()).join('\n');
 }
 
-function registerRun(program: Command): void {
+function registerRun(program: Command, standby: ChildProcess | undefined): void {
   const cmd = withRoots(program.command('run').description('create and start a container').argument('<image>').argument('[command...]'));
   cmd.helpOption('--help', 'display help for command').passThroughOptions();
   for (const f of RUN_FLAGS) cmd.addOption(f.repeat ? new Option(f.flags, f.help).argParser(collect) : new Option(f.flags, f.help));
   cmd.action(async (image: string, command: string[], opts: RunFlags & RootFlags & { healthcheck?: boolean }) => {
     const flags: RunFlags = { ...opts, noHealthcheck: opts.healthcheck === false };
     try {
-      process.exitCode = await session(opts, (s) => runContainer(s.runner, image, command, flags));
+      process.exitCode = await session(opts, (s) => runContainer(s.runner, image, command, flags, standby));
     } catch (err) {
       console.error(`slipway: ${(err as Error).message}`);
       const message = (err as Error).message;
@@ -103,30 +105,45 @@ function registerRun(program: Command): void {
   });
 }
 
-async function runContainer(runner: Runner, image: string, command: string[], flags: RunFlags): Promise<number> {
+async function runContainer(runner: Runner, image: string, command: string[], flags: RunFlags, standby: ChildProcess | undefined): Promise<number> {
   if (flags.tty && !process.stdin.isTTY) throw new BadOptionError('the input device is not a TTY: -t needs a terminal on stdin (drop -t, or run it from a terminal)');
   if (flags.tty && flags.detach) throw new BadOptionError('-t with -d is not supported: a detached container has no terminal here; drop -t');
-  if (flags.tty) return (await runner.runTerminal({ image, cmd: command, flags })).exitCode;
+  if (flags.tty) {
+    dismissStandby(standby);
+    return (await runner.runTerminal({ image, cmd: command, flags })).exitCode;
+  }
+  const attach: AttachStreams = { stdout: process.stdout, stderr: process.stderr, ...(flags.interactive ? { stdin: process.stdin } : {}) };
+  // Signals to this client go to the container, as docker's sig-proxy does.
+  let forwardTo: string | undefined;
+  const forward = (sig: NodeJS.Signals) => void runner.kill(forwardTo!, sig).catch(() => {});
+  const proxySignals = (id: string) => {
+    forwardTo = id;
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
+  };
+  if (flags.rm && !flags.detach) {
+    // A container that lives and dies with this command: supervised right here (containers.ts).
+    dismissStandby(standby);
+    try {
+      return (await runner.runAttached({ image, cmd: command, flags }, attach, { onCreated: proxySignals })).exitCode;
+    } finally {
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, forward);
+      if (flags.interactive) process.stdin.destroy();
+    }
+  }
   const id = await runner.create({ image, cmd: command, flags });
   if (flags.detach) {
-    await runner.start(id).catch(async (err: unknown) => {
+    await runner.start(id, undefined, { standby }).catch(async (err: unknown) => {
       if (flags.rm) await runner.rm(id, { force: true, volumes: true }).catch(() => {});
       throw err;
     });
     console.log(id);
     return 0;
   }
-  const attach: AttachStreams = { stdout: process.stdout, stderr: process.stderr, ...(flags.interactive ? { stdin: process.stdin } : {}) };
-  // Signals to this client go to the container, as docker's sig-proxy does.
-  const forward = (sig: NodeJS.Signals) => void runner.kill(id, sig).catch(() => {});
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, forward);
+  proxySignals(id);
   try {
-    const launched = await runner.start(id, attach);
+    const launched = await runner.start(id, attach, { standby });
     const { exitCode } = await launched.exited!;
     return exitCode;
-  } catch (err) {
-    if (flags.rm) await runner.rm(id, { force: true, volumes: true }).catch(() => {});
-    throw err;
   } finally {
     for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, forward);
     if (flags.interactive) process.stdin.destroy();
@@ -235,10 +252,13 @@ function registerImageVerbs(program: Command): void {
     );
 }
 
-/** Adds the runner's verbs to `program` (which gets positional options, so `run IMAGE CMD -x` passes -x on). */
-export function registerRunnerCommands(program: Command): void {
+/**
+ * Adds the runner's verbs to `program` (which gets positional options, so `run IMAGE CMD -x`
+ * passes -x on); `run` uses the `standby` supervisor when one was started ahead (standby.ts).
+ */
+export function registerRunnerCommands(program: Command, opts: { standby?: ChildProcess } = {}): void {
   program.enablePositionalOptions();
-  registerRun(program);
+  registerRun(program, opts.standby);
   registerPs(program);
   registerContainerVerbs(program);
   registerImageVerbs(program);

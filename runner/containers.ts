@@ -2,7 +2,11 @@
  * The container lifecycle API the CLI uses. Stateless: every call reads the files under the
  * runner root and asks runc; the per-container supervisors (shim.ts) do the running.
  */
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { PassThrough } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { mkdir, rm } from 'node:fs/promises';
 import { validateResources } from './cgroups.js';
 import * as control from './control.js';
@@ -54,6 +58,8 @@ export class Runner implements RunnerContext {
   }
 
   resolve(ref: string): Promise<string> {
+    // A full id with a record (what create returned) needs no scan of every container.
+    if (/^[0-9a-f]{64}$/.test(ref) && existsSync(this.paths.container(ref).record)) return Promise.resolve(ref);
     return resolveId(this.paths, ref);
   }
 
@@ -94,13 +100,16 @@ export class Runner implements RunnerContext {
     }
   }
 
-  /** Starts the supervisor; with `attach`, the first run's output goes there too and `exited` reports its end. */
-  async start(ref: string, attach?: AttachStreams): Promise<Launched> {
+  /**
+   * Starts the supervisor (or wakes `standby`, one started ahead: see launcher.ts); with `attach`,
+   * the first run's output goes there too and `exited` reports its end (for `--rm`, its removal).
+   */
+  async start(ref: string, attach?: AttachStreams, opts: { standby?: ChildProcess } = {}): Promise<Launched> {
     const id = await this.resolve(ref);
     const o = await observe(this, id);
     if (o.status === 'running' || o.status === 'paused' || o.status === 'restarting' || o.supervised) throw new control.StateError(`container ${id.slice(0, 12)} is already running`);
     if (o.rec.Config.Tty) throw new control.StateError(`container ${id.slice(0, 12)} was created with -t: it runs only in the foreground, on the terminal of the command that made it`);
-    return launchShim(this.paths, this.runc(), id, attach);
+    return launchShim(this.paths, this.runc(), id, attach, { awaitSupervisor: o.rec.HostConfig.AutoRemove, standby: opts.standby });
   }
 
   /** create + start; without `attach` (-d) it returns once the container runs. */
@@ -108,13 +117,54 @@ export class Runner implements RunnerContext {
     if (req.flags?.tty) throw new control.StateError('a container with -t runs on this process\'s terminal: use runTerminal');
     const id = await this.create(req);
     try {
-      const launched = await launchShim(this.paths, this.runc(), id, attach);
+      const launched = await launchShim(this.paths, this.runc(), id, attach, { awaitSupervisor: !!req.flags?.rm });
       if (!launched.exited) return { id };
       return { id, ...(await launched.exited) };
     } catch (err) {
       if (err instanceof StartError && req.flags?.rm) await this.rm(id, { force: true, volumes: true }).catch(() => {});
       throw err;
     }
+  }
+
+  /**
+   * A foreground `run --rm`: this process supervises, as for `-t`, instead of a supervisor process
+   * of its own (a second Node.js process costs ~60–80 ms of CPU, more than runc itself). The
+   * output goes to `attach` and to the log; it resolves once the container is over and removed.
+   * The price: a client killed with SIGKILL leaves its container unsupervised (no log, no --rm;
+   * `ps`/`rm` clean up after it, as after a supervisor crash), where docker would keep it going.
+   */
+  async runAttached(req: CreateRequest, attach: AttachStreams, opts: { onCreated?(id: string): void } = {}): Promise<{ id: string; exitCode: number; oomKilled: boolean }> {
+    const id = await this.create(req);
+    opts.onCreated?.(id);
+    // supervise() ends the streams it is given after the first run; the caller's stay open.
+    const [stdout, stderr] = [attach.stdout, attach.stderr].map((target) => {
+      const through = new PassThrough();
+      through.pipe(target, { end: false });
+      return through;
+    }) as [PassThrough, PassThrough];
+    let started = false;
+    let failure: string | undefined;
+    let exit: { exitCode: number; oomKilled: boolean } | undefined;
+    const final = await supervise({
+      paths: this.paths,
+      id,
+      runc: this.runc(),
+      terminal: false,
+      attach: { stdout, stderr, ...(attach.stdin ? { stdin: attach.stdin } : {}) },
+      events: (e) => {
+        if (e.event === 'started') started = true;
+        else if (e.event === 'error') failure = e.message;
+        else exit = e;
+      },
+    });
+    // Ended by supervise() after a run; not when the container could not be prepared.
+    for (const through of [stdout, stderr]) if (!through.writableEnded) through.end();
+    await Promise.all([finished(stdout), finished(stderr)]).catch(() => {});
+    if (failure !== undefined || !started) {
+      if (req.flags?.rm) await this.rm(id, { force: true, volumes: true }).catch(() => {});
+      throw new StartError(failure ?? final.Error ?? `container ${id.slice(0, 12)} did not start`);
+    }
+    return { id, exitCode: exit?.exitCode ?? final.ExitCode, oomKilled: exit?.oomKilled ?? final.OOMKilled };
   }
 
   /** `-t`: this process supervises, runc runs on its terminal; resolves with the last exit code. */

@@ -15,3 +15,6 @@ export { RegistryClient, RegistryError as PullError } from './registry-client.js
 export { UnsafeLayerError, unpackLayer } from './unpack.js';
 export { mountPoints, mountRootfs, unmountRootfs, type MountedRootfs } from './overlay.js';
 export { progressPrinter, type LayerPhase, type ProgressListener, type PullProgress } from './progress.js';
+// For the builder (RUN steps run in a rootfs it prepares): in-root path and user resolution.
+export { resolveUser, secureJoin, type ResolvedUser } from './users.js';
+export { DEFAULT_CAPABILITIES, DEFAULT_PATH } from './spec.js';

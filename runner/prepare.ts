@@ -21,18 +21,25 @@ export interface Prepared {
 export async function prepareContainer(paths: RunnerPaths, rec: ContainerRecord, opts: { terminal: boolean }): Promise<Prepared> {
   const cp = paths.container(rec.Id);
   const undo: (() => Promise<void>)[] = [];
+  // The steps are independent of each other (no container process exists yet), so they are undone together.
   const teardown = async () => {
-    const errors: string[] = [];
-    for (const step of undo.splice(0).reverse()) await step().catch((err: Error) => errors.push(err.message));
+    const results = await Promise.allSettled(undo.splice(0).map((step) => step()));
+    const errors = results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
     if (errors.length) throw new Error(`cleaning up container ${rec.Id.slice(0, 12)}: ${errors.join('; ')}`);
   };
   try {
-    if (!(await mountPoints()).includes(cp.rootfs)) await mountRootfs(rec.LayerDirs, cp.dir);
-    undo.push(() => unmountRootfs(cp.rootfs));
-    await copyUpVolumes(cp.rootfs, rec.Mounts);
+    // The root filesystem and the network namespace do not depend on each other: made side by side.
     const net = createNetwork(paths.root, paths.network);
+    const [mounted, attached] = await Promise.allSettled([
+      mountPoints().then((points) => (points.includes(cp.rootfs) ? undefined : mountRootfs(rec.LayerDirs, cp.dir))),
+      net.attach(rec.Id, { mode: rec.HostConfig.NetworkMode, name: rec.Name, hostname: rec.Config.Hostname }),
+    ]);
+    undo.push(() => unmountRootfs(cp.rootfs));
     undo.push(() => net.detach(rec.Id));
-    const network = await net.attach(rec.Id, { mode: rec.HostConfig.NetworkMode, name: rec.Name, hostname: rec.Config.Hostname });
+    if (mounted.status === 'rejected') throw mounted.reason;
+    if (attached.status === 'rejected') throw attached.reason;
+    const network = attached.value;
+    await copyUpVolumes(cp.rootfs, rec.Mounts);
     let ports: PublishedPorts | undefined;
     if (rec.HostConfig.PortBindings.length) {
       if (!network.ip) throw new Error('published ports need an address on the bridge network');
@@ -50,6 +57,5 @@ export async function prepareContainer(paths: RunnerPaths, rec: ContainerRecord,
 
 /** For `rm` when no supervisor is left to tear down: whatever exists of the mount and network goes. */
 export async function forceTeardown(paths: RunnerPaths, id: string): Promise<void> {
-  await createNetwork(paths.root, paths.network).detach(id);
-  await unmountRootfs(paths.container(id).rootfs);
+  await Promise.all([createNetwork(paths.root, paths.network).detach(id), unmountRootfs(paths.container(id).rootfs)]);
 }

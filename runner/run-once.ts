@@ -40,18 +40,21 @@ export interface RunOutcome {
   error: string;
 }
 
+/** The container's stdio FIFOs (kept across restarts); the supervisor makes them while it prepares the rest. */
+export async function makeStdioFifos(cp: ContainerPaths, openStdin: boolean): Promise<void> {
+  await Promise.all(['stdout', 'stderr', ...(openStdin ? ['stdin'] : [])].map((name) => ensureFifo(join(cp.dir, name))));
+}
+
 export async function runOnce(o: RunOnceOptions): Promise<RunOutcome> {
-  await rm(o.cp.pidFile, { force: true });
-  await rm(o.cp.runcLog, { force: true });
+  await Promise.all([rm(o.cp.pidFile, { force: true }), rm(o.cp.runcLog, { force: true })]);
   if (o.terminal) return finish(o, o.runc.spawnRun(o.id, o.cp.dir, { pidFile: o.cp.pidFile, log: o.cp.runcLog, stdio: 'inherit' }), []);
   const fifo = (name: string) => join(o.cp.dir, name);
-  await ensureFifo(fifo('stdout'));
-  await ensureFifo(fifo('stderr'));
-  if (o.openStdin) await ensureFifo(fifo('stdin'));
+  await makeStdioFifos(o.cp, o.openStdin);
   const out = openOutputPipe(fifo('stdout'));
   const err = openOutputPipe(fifo('stderr'));
   const input: InputPipe | undefined = o.openStdin ? openInputPipe(fifo('stdin')) : undefined;
-  const child = o.runc.spawnRun(o.id, o.cp.dir, { pidFile: o.cp.pidFile, log: o.cp.runcLog, stdio: [input?.childFd ?? 'ignore', out.childFd, err.childFd] });
+  // In a session of its own: a terminal's ^C reaches the client, which forwards it once (as docker's sig-proxy).
+  const child = o.runc.spawnRun(o.id, o.cp.dir, { pidFile: o.cp.pidFile, log: o.cp.runcLog, stdio: [input?.childFd ?? 'ignore', out.childFd, err.childFd], detached: true });
   for (const end of [out, err, input]) end?.closeChildEnd();
   if (input && o.attach?.stdin) o.attach.stdin.pipe(input.writer);
   const held: [LogStream, Buffer][] = [];

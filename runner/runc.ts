@@ -150,9 +150,9 @@ export class Runc {
    * and exits with the container's exit status (128+N for a signal). `--log` keeps runc's own
    * messages apart from the container's stderr, which shares runc's stderr.
    */
-  spawnRun(id: string, bundle: string, opts: { pidFile: string; log: string; stdio: StdioOptions }): ChildProcess {
+  spawnRun(id: string, bundle: string, opts: { pidFile: string; log: string; stdio: StdioOptions; detached?: boolean }): ChildProcess {
     const args = ['--root', this.root, '--log', opts.log, '--log-format', 'json', 'run', '--bundle', bundle, '--pid-file', opts.pidFile, id];
-    return spawn(this.binary, args, { stdio: opts.stdio });
+    return spawn(this.binary, args, { stdio: opts.stdio, detached: opts.detached ?? false });
   }
 
   /** Starts `runc exec`; the caller owns the child (stdio, exit). */

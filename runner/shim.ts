@@ -5,12 +5,19 @@
  * `slipway` command is a short-lived client that reads the files and asks runc.
  *
  *   node shim.js --root R --runc-root RR --runc BIN ID [--attach]
+ *   node shim.js --standby        (the same arguments arrive later as one JSON line on fd 3)
  *
  * fd 3 carries events to the launcher (JSON lines: started | error | exited). With --attach,
- * fds 0/1/2 are the foreground client's stdin/stdout/stderr for the first run; the container's
- * output still goes to the log, and losing the client changes nothing for the container.
+ * fds 4/5/6 are the foreground client's stdin/stdout/stderr for the first run; the container's
+ * output still goes to the log, and losing the client changes nothing for the container. fds
+ * 0/1/2 are /dev/null: nothing the supervisor prints by accident can reach a client.
+ *
+ * A standby supervisor is started by `slipway run` before it has even loaded its own modules, so
+ * that the two Node.js processes boot side by side; once the container is created, the CLI
+ * sends the arguments (see launcher.ts). End of file on fd 3 before that: nothing to do, exit.
+ * (A foreground `run --rm` or `run -t` has no supervisor process: the CLI supervises it.)
  */
-import { closeSync, openSync, realpathSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readSync, realpathSync, writeSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -28,10 +35,43 @@ export interface ShimArgs {
   runc: string;
   id: string;
   attach: boolean;
+  /** The bridge settings (otherwise SLIPWAY_BRIDGE / SLIPWAY_SUBNET of the environment). */
+  network?: { bridge?: string; subnet?: string };
 }
+
+export const STANDBY_FLAG = '--standby';
+
+/** Where the attached client's stdin, stdout and stderr are in the supervisor. */
+export const ATTACH_FDS = { stdin: 4, stdout: 5, stderr: 6 } as const;
 
 export function shimArgv(a: ShimArgs): string[] {
   return [SHIM_ENTRY, '--root', a.root, '--runc-root', a.runcRoot, '--runc', a.runc, a.id, ...(a.attach ? ['--attach'] : [])];
+}
+
+/** A standby supervisor's arguments: one JSON line, read with blocking reads (it has nothing else to do meanwhile). */
+function readStandbyArgs(): ShimArgs | undefined {
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(4096);
+  for (let total = 0; total < 1 << 20; ) {
+    let n: number;
+    try {
+      n = readSync(3, buf, 0, buf.length, null);
+    } catch (err) {
+      // fd 3 is a blocking socket in the child; should it not be, wait a little instead of spinning.
+      if ((err as NodeJS.ErrnoException).code === 'EAGAIN') {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+        continue;
+      }
+      throw err;
+    }
+    if (n === 0) return undefined;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+    total += n;
+    const text = Buffer.concat(chunks).toString();
+    const end = text.indexOf('\n');
+    if (end >= 0) return JSON.parse(text.slice(0, end)) as ShimArgs;
+  }
+  throw new Error('slipway shim: the standby arguments are too long');
 }
 
 function parseArgs(argv: string[]): ShimArgs {
@@ -76,8 +116,11 @@ async function lock(paths: RunnerPaths, id: string): Promise<() => Promise<void>
 }
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
-  const paths = runnerPaths({ root: args.root, runcRoot: args.runcRoot });
+  const standby = process.argv.includes(STANDBY_FLAG);
+  const args = standby ? readStandbyArgs() : parseArgs(process.argv.slice(2));
+  if (!args) process.exit(0); // the client went away without a container for us
+  const woken = performance.now();
+  const paths = runnerPaths({ root: args.root, runcRoot: args.runcRoot, ...(args.network ? { network: args.network } : {}) });
   const cp = paths.container(args.id);
   process.title = `slipway-shim ${args.id.slice(0, 12)}`;
   const diag = openSync(cp.shimLog, 'a');
@@ -101,9 +144,9 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   const attach: Attached | undefined = args.attach
-    ? { stdout: socketOn(1, 'write'), stderr: socketOn(2, 'write'), ...(rec.Config.OpenStdin ? { stdin: socketOn(0, 'read') } : {}) }
+    ? { stdout: socketOn(ATTACH_FDS.stdout, 'write'), stderr: socketOn(ATTACH_FDS.stderr, 'write'), ...(rec.Config.OpenStdin ? { stdin: socketOn(ATTACH_FDS.stdin, 'read') } : {}) }
     : undefined;
-  note(`supervisor up ${(performance.now()).toFixed(0)} ms after its process started`);
+  note(`supervisor up ${performance.now().toFixed(0)} ms after its process started${standby ? ` (a standby, woken at ${woken.toFixed(0)} ms)` : ''}`);
   const final = await supervise({ paths, id: args.id, runc, terminal: false, attach, events: sendEvent, note });
   note(`container ended: exit code ${final.ExitCode}${final.Error ? `, ${final.Error}` : ''}`);
   await unlock();

@@ -5,6 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HealthChecker, probeArgv } from './health.js';
 import { LogWriter } from './logs.js';
@@ -15,10 +16,11 @@ import { prepareContainer, type Prepared } from './prepare.js';
 import { probeInContainer } from './probe.js';
 import { removeContainerFiles } from './remove.js';
 import type { Runc } from './runc.js';
-import { runOnce, type Attached } from './run-once.js';
-import { processStart, readRecord, readState, writeState } from './state.js';
+import { makeStdioFifos, runOnce, type Attached } from './run-once.js';
+import { processStart, readRecord, readState, releaseName, writeState } from './state.js';
 import { freezerState } from './cgroup-stats.js';
 import { parseBytes } from './units.js';
+import { removeAnonymousVolumes } from './volumes.js';
 
 export type ShimEvent = { event: 'started'; pid: number } | { event: 'error'; message: string } | { event: 'exited'; exitCode: number; oomKilled: boolean };
 
@@ -52,13 +54,18 @@ export async function supervise(o: SuperviseOptions): Promise<RuntimeState> {
     return saving;
   };
   await rm(cp.stopMarker, { force: true });
-  const kmsg = new KernelLogWatch(cgroupPath(o.id));
   let prepared: Prepared;
   const t0 = performance.now();
+  // The mount, the namespace and the FIFOs are made by other processes; meanwhile this one reads
+  // the kernel log to its end (synchronous, several ms), which must happen before runc starts.
+  const preparing = Promise.all([prepareContainer(o.paths, rec, { terminal: o.terminal }), o.terminal ? undefined : makeStdioFifos(cp, rec.Config.OpenStdin)]);
+  preparing.catch(() => {});
+  const kmsg = new KernelLogWatch(cgroupPath(o.id));
   try {
-    prepared = await prepareContainer(o.paths, rec, { terminal: o.terminal });
+    [prepared] = await preparing;
     o.note?.(`prepared in ${(performance.now() - t0).toFixed(0)} ms`);
   } catch (err) {
+    await preparing.then(([p]) => p.teardown(), () => {}).catch(() => {});
     kmsg.close();
     state = { ...state, ShimPid: 0, ShimStart: '', Error: (err as Error).message };
     await save();
@@ -71,13 +78,36 @@ export async function supervise(o: SuperviseOptions): Promise<RuntimeState> {
   const logConfig = rec.HostConfig.LogConfig.Config;
   const log = o.terminal ? undefined : new LogWriter(cp.log, parseBytes(logConfig['max-size'], 'max-size'), Number(logConfig['max-file']));
   await loop(o, rec, log, kmsg, () => state, (s) => ((state = s), save()));
-  await prepared.teardown().catch((err: Error) => (state.Error ||= err.message));
+  let tornDown = true;
+  await prepared.teardown().catch((err: Error) => {
+    tornDown = false;
+    state.Error ||= err.message;
+  });
   kmsg.close();
   log?.close();
   state = { ...state, Status: 'exited', Pid: 0, ShimPid: 0, ShimStart: '' };
   await save();
-  if (rec.HostConfig.AutoRemove) await removeContainerFiles(o.paths, o.runc, rec, { volumes: true });
+  if (rec.HostConfig.AutoRemove) {
+    // After a clean teardown only the files are left (runc forgot the container in the loop).
+    if (tornDown) await removeFiles(o.paths, rec);
+    else await removeContainerFiles(o.paths, o.runc, rec, { volumes: true });
+  }
   return state;
+}
+
+/** `--rm` once the container is torn down: its anonymous volumes, its directory, its name. */
+async function removeFiles(paths: RunnerPaths, rec: ContainerRecord): Promise<void> {
+  await removeAnonymousVolumes(rec.Mounts);
+  await rm(paths.container(rec.Id).dir, { recursive: true, force: true });
+  await releaseName(paths, rec.Name, rec.Id);
+}
+
+/**
+ * A foreground `runc run` deletes its container when it exits; its state directory is left only
+ * when runc itself was killed or failed half-way, and then `runc delete` cleans up.
+ */
+async function forget(runc: Runc, id: string): Promise<void> {
+  if (existsSync(join(runc.root, id))) await runc.delete(id, { force: true });
 }
 
 /** Runs the container until its policy says it is over. */
@@ -125,7 +155,7 @@ async function loop(o: SuperviseOptions, rec: ContainerRecord, log: LogWriter | 
       attach?.stderr.end();
       attach = undefined;
     }
-    await o.runc.delete(o.id, { force: true }).catch(() => {});
+    await forget(o.runc, o.id).catch(() => {});
     if (!outcome.started || existsSync(cp.stopMarker) || !shouldRestart(rec.HostConfig.RestartPolicy, outcome.exitCode, get().RestartCount, unhealthy)) return;
     // docker's back-off: doubling from 100 ms, back to the start after a run of 10 s or more.
     delayMs = performance.now() - startedAt >= 10_000 ? 100 : Math.min(delayMs * 2, 60_000);

@@ -111,7 +111,8 @@ describe('runner lifecycle', { skip: requireRoot() }, () => {
     await h.runner.rm(id, { force: true });
     const r = await sh('echo bye', { rm: true });
     assert.equal(r.out, 'bye\n');
-    await waitFor('the --rm container to be gone', async () => !(await h.runner.ps({ all: true })).some((c) => c.Id === r.id));
+    // As with docker, a foreground run of a --rm container returns once the container is gone.
+    assert.equal((await h.runner.ps({ all: true })).some((c) => c.Id === r.id), false, 'the --rm container is gone when run returns');
   });
 
   test("a named volume's data survives rm and reaches a new container; bind mounts and anonymous volumes", async () => {
@@ -289,6 +290,15 @@ describe('slipway CLI end to end: an image pushed to the registry, pulled and ru
     assert.match(images.stdout, new RegExp(`^${ref.split(':v1')[0]!.replace(/[.]/g, '\\.')}\\s+v1\\s+[0-9a-f]{12}`, 'm'));
     const again = await slipway('run', '--rm', '--network', 'none', ref, 'sh', '-c', 'echo $0 $1; exit 7', 'a', '-x');
     assert.deepEqual([again.code, again.stdout, again.stderr], [7, 'a -x\n', '']);
+    // `run --rm` returns once its container is removed, so its name is free again at once.
+    const name = `once-${randomBytes(3).toString('hex')}`;
+    for (let i = 0; i < 2; i++) {
+      const r = await slipway('run', '--rm', '--name', name, '--network', 'none', ref, 'sh', '-c', 'exit 0');
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const unprepared = await slipway('run', '--rm', '--network', 'none', '-u', 'nosuchuser', ref);
+    assert.deepEqual([unprepared.code, unprepared.stderr], [125, 'slipway: unable to find user nosuchuser: no matching entries in passwd file\n']);
+    assert.equal((await slipway('ps', '-aq')).stdout, '');
   });
 
   test('run -d, ps, logs, exec, stop (twice), rm, and rmi refusing an image in use', async () => {
