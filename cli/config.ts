@@ -14,6 +14,12 @@ export interface RegistryConfig {
   deleteEnabled: boolean;
   /** Remove upload sessions older than this many seconds. */
   uploadMaxAge: number;
+  /**
+   * The YAML file's `gc:` section (schedule, gracePeriod, deleteUntagged, retention), checked
+   * by storage's parseGcSettings where it is used, so that client verbs need not load storage.
+   * Absent: no scheduled GC.
+   */
+  gc: Record<string, unknown> | null;
 }
 
 export const REGISTRY_DEFAULTS: RegistryConfig = {
@@ -22,11 +28,12 @@ export const REGISTRY_DEFAULTS: RegistryConfig = {
   storage: '',
   deleteEnabled: true,
   uploadMaxAge: 7 * 24 * 3600,
+  gc: null,
 };
 
 type Partial_ = { [K in keyof RegistryConfig]?: RegistryConfig[K] };
 
-const ENV: Record<keyof RegistryConfig, string> = {
+const ENV: Partial<Record<keyof RegistryConfig, string>> = {
   listen: 'SLIPWAY_LISTEN',
   data: 'SLIPWAY_DATA',
   storage: 'SLIPWAY_STORAGE',
@@ -36,9 +43,10 @@ const ENV: Record<keyof RegistryConfig, string> = {
 
 function coerce<K extends keyof RegistryConfig>(key: K, value: unknown, where: string): RegistryConfig[K] {
   const want = typeof REGISTRY_DEFAULTS[key];
-  if (key === 'storage' && typeof value === 'object' && value !== null && !Array.isArray(value)) {
+  if ((key === 'storage' || key === 'gc') && typeof value === 'object' && value !== null && !Array.isArray(value)) {
     return value as RegistryConfig[K];
   }
+  if (key === 'gc' && value === null) return value as RegistryConfig[K];
   if (want === 'boolean') {
     if (typeof value === 'boolean') return value as RegistryConfig[K];
     if (value === 'true' || value === '1') return true as RegistryConfig[K];

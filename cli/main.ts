@@ -68,6 +68,8 @@ program
   });
 
 registerRunnerCommands(program, { standby });
+const { registerGcCommand } = await import('./gc.js');
+registerGcCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   console.error(`slipway: ${err instanceof Error ? err.message : String(err)}`);

@@ -1,4 +1,4 @@
-import { createDriver, createStore } from '../storage/index.js';
+import { createDriver, createStore, parseGcSettings, startGcSchedule } from '../storage/index.js';
 import { startRegistry, type RunningRegistry } from '../registry/index.js';
 import { parseListen, type RegistryConfig } from './config.js';
 
@@ -7,6 +7,7 @@ import { parseListen, type RegistryConfig } from './config.js';
  * when set, wins over `data`; S3 storage is checked first (fails naming the endpoint).
  */
 export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry & { storage: string }> {
+  const gc = cfg.gc ? parseGcSettings(cfg.gc, 'gc') : null;
   const { driver, redirect, description } = await createDriver(cfg.storage || cfg.data);
   const store = createStore(driver);
   const { host, port } = parseListen(cfg.listen);
@@ -19,7 +20,16 @@ export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry 
     uploadMaxAge: cfg.uploadMaxAge * 1000,
     log: (err) => console.error('slipway registry:', err),
   });
-  return { ...running, storage: driver.name === 'filesystem' ? `data in ${description}` : `storage ${description}` };
+  // Storage written before the catalog index existed gets it built now, not on the first _catalog.
+  void store.manifests.repositories({ limit: 0 }).catch((err: unknown) => console.error('slipway registry: building the catalog index:', err));
+  // Scheduled GC only when the config has a `gc:` section (its interval defaults to 24h there).
+  const log = (m: string) => console.error(`slipway registry: ${m}`);
+  const schedule = gc && gc.interval > 0 ? startGcSchedule(store, { ...gc, uploadMaxAge: cfg.uploadMaxAge * 1000 }, log) : null;
+  const close = async () => {
+    await schedule?.stop();
+    await running.close();
+  };
+  return { ...running, close, storage: driver.name === 'filesystem' ? `data in ${description}` : `storage ${description}` };
 }
 
 /** Stops `stoppable` on SIGTERM/SIGINT and exits. */

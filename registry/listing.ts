@@ -20,7 +20,9 @@ export const listTags: Handler = async ({ store, name, query }, _req, res) => {
 
 export const catalog: Handler = async ({ store, query }, _req, res) => {
   const { n, last } = pageParams(query, CATALOG_PAGE);
-  const { page, link } = paginate(await store.manifests.repositories(), n, last, '/v2/_catalog');
+  // One page from the index, plus one name that says whether a next page exists.
+  const names = await store.manifests.repositories({ last, limit: n === undefined ? undefined : n + 1 });
+  const { page, link } = paginate(names, n, last, '/v2/_catalog');
   if (link) res.setHeader('Link', link);
   sendJson(res, 200, { repositories: page });
 };

@@ -3,6 +3,7 @@ import { pipeline } from 'node:stream/promises';
 import type { FileInfo, StorageDriver } from './driver.js';
 import { parseDigest, type Digest } from './digest.js';
 import { StoreError } from './errors.js';
+import { claimBlob } from './gc-guard.js';
 import * as paths from './paths.js';
 
 export interface BlobInfo {
@@ -49,9 +50,10 @@ export class BlobStore {
     await this.driver.putContent(paths.layerLink(repo, digest), digest.value);
   }
 
-  /** Makes a blob of `from` visible in `repo`; false when `from` does not have it. */
+  /** Makes a blob of `from` visible in `repo`; null when `from` does not have it (or GC is removing it). */
   async mount(repo: string, from: string, digest: Digest): Promise<BlobInfo | null> {
     try {
+      if (!(await this.isLinked(from, digest)) || !(await claimBlob(this.driver, digest))) return null;
       const info = await this.stat(from, digest);
       await this.link(repo, digest);
       return info;

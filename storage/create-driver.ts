@@ -9,9 +9,11 @@ import { S3Driver } from './s3-driver.js';
 /*
  * Where the registry stores, as one value:
  *   /some/dir   or   file:///some/dir                       the filesystem driver
- *   s3://[KEY:SECRET@]HOST:PORT/BUCKET[/PREFIX][?region=us-east-1&tls=false&prefix=P&pathstyle=true&redirect=true]
+ *   s3://[KEY:SECRET@]HOST:PORT/BUCKET[/PREFIX][?region=us-east-1&tls=false&prefix=P&pathstyle=true&redirect=true&timeout=30&connecttimeout=5]
  * or, in a YAML file, `storage: { s3: { endpoint, bucket, region, prefix, tls, pathStyle,
- * redirect, accessKey, secretKey, partSize } }` / `storage: { filesystem: { dir } }`.
+ * redirect, accessKey, secretKey, partSize, timeout, connectTimeout, signPayload } }` / `storage: { filesystem: { dir } }`.
+ * `timeout` (seconds) is how long an S3 request may make no progress before the registry
+ * gives up on it (and answers 503), `connecttimeout` how long connecting may take.
  * S3 credentials not given there come from SLIPWAY_S3_ACCESS_KEY/SLIPWAY_S3_SECRET_KEY,
  * then AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY. `redirect` makes blob GETs answer 307
  * with a presigned URL instead of proxying the bytes.
@@ -25,8 +27,16 @@ export interface CreatedDriver {
   description: string;
 }
 
-const S3_QUERY = ['region', 'tls', 'prefix', 'pathstyle', 'redirect'];
-const S3_KEYS = ['endpoint', 'bucket', 'region', 'prefix', 'tls', 'pathStyle', 'redirect', 'accessKey', 'secretKey', 'partSize'];
+const S3_QUERY = ['region', 'tls', 'prefix', 'pathstyle', 'redirect', 'timeout', 'connecttimeout'];
+const S3_KEYS = ['endpoint', 'bucket', 'region', 'prefix', 'tls', 'pathStyle', 'redirect', 'accessKey', 'secretKey', 'partSize', 'timeout', 'connectTimeout', 'signPayload'];
+
+/** A number of seconds (fractions allowed) as ms; undefined when absent. */
+function seconds(value: unknown, where: string): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value === '' || !Number.isFinite(n) || n <= 0) throw new Error(`${where}: ${JSON.stringify(value)} is not a positive number of seconds`);
+  return Math.round(n * 1000);
+}
 
 function bool(value: unknown, where: string): boolean {
   if (value === true || value === 'true' || value === '1') return true;
@@ -59,6 +69,8 @@ function parseS3Url(spec: string, env: NodeJS.ProcessEnv): StorageSpec {
     pathStyle: q('pathstyle') === undefined ? undefined : bool(q('pathstyle'), `storage ${spec}: pathstyle`),
     accessKey: url.username ? decodeURIComponent(url.username) : undefined,
     secretKey: url.password ? decodeURIComponent(url.password) : undefined,
+    idleTimeout: seconds(q('timeout'), `storage ${spec}: timeout`),
+    connectTimeout: seconds(q('connecttimeout'), `storage ${spec}: connecttimeout`),
   };
   const redirect = q('redirect') === undefined ? false : bool(q('redirect'), `storage ${spec}: redirect`);
   return { kind: 's3', options: withCredentials(options, env), redirect };
@@ -88,6 +100,9 @@ function parseObject(spec: Record<string, unknown>, env: NodeJS.ProcessEnv): Sto
     accessKey: str('accessKey'),
     secretKey: str('secretKey'),
     partSize: body.partSize === undefined ? undefined : Number(body.partSize),
+    idleTimeout: seconds(body.timeout, 'storage.s3.timeout'),
+    connectTimeout: seconds(body.connectTimeout, 'storage.s3.connectTimeout'),
+    signPayload: body.signPayload === undefined ? undefined : bool(body.signPayload, 'storage.s3.signPayload'),
   };
   const redirect = body.redirect === undefined ? false : bool(body.redirect, 'storage.s3.redirect');
   return { kind: 's3', options: withCredentials(options, env), redirect };

@@ -71,3 +71,26 @@ export class PathNotFoundError extends Error {
     super(`storage: no such path ${path}`);
   }
 }
+
+/**
+ * Raised by drivers when the storage cannot serve now: unreachable, not
+ * answering in time, refusing the credentials, or its bucket gone. The failed
+ * call may have left its work half done, but never a partial file visible;
+ * the registry answers 503 with Retry-After and recovers by itself once the
+ * storage is back.
+ */
+export class StorageUnavailableError extends Error {
+  readonly code = 'STORAGE_UNAVAILABLE';
+  constructor(
+    message: string,
+    /** Where the storage is (no credentials), e.g. http://127.0.0.1:7480 */
+    readonly endpoint: string,
+    /** Seconds a client should wait before trying again. */
+    readonly retryAfter: number,
+    /** The underlying cause's code (ECONNREFUSED, ETIMEDOUT, AccessDenied, NoSuchBucket, …). */
+    readonly reason: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}

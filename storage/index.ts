@@ -1,5 +1,5 @@
 export type { FileInfo, FileWriter, ReadOptions, StorageDriver } from './driver.js';
-export { PathNotFoundError } from './driver.js';
+export { PathNotFoundError, StorageUnavailableError } from './driver.js';
 export { FilesystemDriver } from './fs-driver.js';
 export { S3Driver } from './s3-driver.js';
 export { S3StorageError, type S3Options } from './s3-client.js';
@@ -30,3 +30,7 @@ export {
 } from './manifest.js';
 export { createStore, purgeUploads, type Store } from './store.js';
 export { checkIntegrity, type IntegrityReport } from './check.js';
+export { collectGarbage, type GcOptions, type GcReport } from './gc.js';
+export { GC_DEFAULTS, parseDuration, parseGcSettings, type GcSettings, type RetentionRule } from './gc-config.js';
+export { acquireLease, startGcSchedule, type GcSchedule, type GcScheduleConfig } from './gc-schedule.js';
+export { listIndexed, walkRepositories } from './catalog-index.js';

@@ -2,6 +2,8 @@ import type { StorageDriver } from './driver.js';
 import { PathNotFoundError } from './driver.js';
 import { parseDigest, type Digest } from './digest.js';
 import { StoreError } from './errors.js';
+import { ensureIndexBuilt, hasRevisions, indexRepository, listIndexed, unindexRepository, type ListPage } from './catalog-index.js';
+import { awaitPruning, claimManifest } from './gc-guard.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from './manifest.js';
 import * as paths from './paths.js';
 
@@ -16,11 +18,14 @@ export interface StoredManifest {
  * are kept as blobs, so a manifest is stored byte-exact and its digest is that
  * of the bytes. Bytes are immutable by digest, so they (and their parse) are
  * cached in memory; links are read from storage each time, so every instance
- * over the same storage sees a moved tag at once.
+ * over the same storage sees a moved tag at once. A PUT claims every blob it
+ * names and writes its links again if GC pruned the repository meanwhile
+ * (gc-guard.ts), and records the repository in the catalog index (catalog-index.ts).
  */
 export class ManifestStore {
   private readonly cache = new Map<string, StoredManifest>();
   private cachedBytes = 0;
+  private indexReady: Promise<void> | undefined;
 
   constructor(
     private readonly driver: StorageDriver,
@@ -49,21 +54,32 @@ export class ManifestStore {
 
   /** Stores verified bytes; `parsed` is the result of parseManifest on them. */
   async put(repo: string, digest: Digest, bytes: Buffer, parsed: ParsedManifest, tag?: string): Promise<void> {
-    if (!(await this.driver.stat(paths.blobData(digest)))) {
-      await this.driver.putContent(paths.blobData(digest), bytes);
-    }
-    await this.driver.putContent(paths.revisionLink(repo, digest), digest.value);
-    if (parsed.subject) {
-      const entry: Descriptor = { mediaType: parsed.mediaType, digest: digest.value, size: bytes.length };
-      if (parsed.artifactType) entry.artifactType = parsed.artifactType;
-      if (parsed.annotations) entry.annotations = parsed.annotations;
-      await this.driver.putContent(
-        paths.referrerEntry(repo, parseDigest(parsed.subject.digest), digest),
-        JSON.stringify(entry),
-      );
-    }
-    if (tag !== undefined) await this.tag(repo, tag, digest);
+    const named = [...parsed.blobs, ...parsed.manifests.map((m) => parseDigest(m.digest))];
+    const claim = await claimManifest(this.driver, repo, tag, digest, named);
+    if (claim.gone) throw new StoreError('blob-unknown', `manifest references ${claim.gone.value}, which garbage collection removed meanwhile; push it again`);
+    if (!claim.stored) await this.driver.putContent(paths.blobData(digest), bytes);
+    await this.writeLinks(repo, digest, bytes, parsed, tag);
+    if (claim.gcRunning && (await awaitPruning(this.driver, repo))) await this.writeLinks(repo, digest, bytes, parsed, tag);
     this.remember({ digest: digest.value, bytes, parsed });
+  }
+
+  /**
+   * Links of a PUT, and the repository's catalog entry (after the revision
+   * link: catalog-index.ts relies on that order). Children's revision links are
+   * rewritten too: that tells GC's pruning they are wanted.
+   */
+  private async writeLinks(repo: string, digest: Digest, bytes: Buffer, parsed: ParsedManifest, tag?: string): Promise<void> {
+    await Promise.all(parsed.manifests.map((m) => this.driver.putContent(paths.revisionLink(repo, parseDigest(m.digest)), m.digest)));
+    await this.driver.putContent(paths.revisionLink(repo, digest), digest.value);
+    const entry: Descriptor = { mediaType: parsed.mediaType, digest: digest.value, size: bytes.length };
+    if (parsed.artifactType) entry.artifactType = parsed.artifactType;
+    if (parsed.annotations) entry.annotations = parsed.annotations;
+    const subject = parsed.subject;
+    await Promise.all([
+      subject ? this.driver.putContent(paths.referrerEntry(repo, parseDigest(subject.digest), digest), JSON.stringify(entry)) : null,
+      tag === undefined ? null : this.tag(repo, tag, digest),
+      indexRepository(this.driver, repo),
+    ]);
   }
 
   async tag(repo: string, tag: string, digest: Digest): Promise<void> {
@@ -96,6 +112,7 @@ export class ManifestStore {
       await this.driver.delete(paths.referrerEntry(repo, parseDigest(stored.parsed.subject.digest), digest));
     }
     await this.driver.delete(paths.revisionLink(repo, digest).replace(/\/link$/, ''));
+    if (!(await hasRevisions(this.driver, repo))) await unindexRepository(this.driver, repo);
   }
 
   async tags(repo: string): Promise<string[]> {
@@ -117,18 +134,18 @@ export class ManifestStore {
     return out.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
   }
 
-  /** Names of all repositories that hold at least one manifest, sorted. */
-  async repositories(): Promise<string[]> {
-    const out: string[] = [];
-    const visit = async (prefix: string): Promise<void> => {
-      const children = await this.driver.list(prefix ? `${paths.REPOSITORIES}/${prefix}` : paths.REPOSITORIES);
-      if (children.includes('_manifests') && prefix) out.push(prefix);
-      for (const child of children) {
-        if (!child.startsWith('_')) await visit(prefix ? `${prefix}/${child}` : child);
-      }
-    };
-    await visit('');
-    return out.sort();
+  /**
+   * Names of the repositories that hold a manifest, sorted; one page of them
+   * with `last`/`limit`. From the index (catalog-index.ts), not a walk.
+   */
+  async repositories(page: ListPage = {}): Promise<string[]> {
+    // One build at a time per process; a failed one is tried again on the next call.
+    this.indexReady ??= ensureIndexBuilt(this.driver).catch((err: unknown) => {
+      this.indexReady = undefined;
+      throw err;
+    });
+    await this.indexReady;
+    return listIndexed(this.driver, page);
   }
 
   /** Digests of every revision of `repo`. */

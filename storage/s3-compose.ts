@@ -1,4 +1,5 @@
 import { MIN_PART, copySource, readAll, s3Error, type S3Target } from './s3-client.js';
+import { putBuffers } from './s3-requests.js';
 
 /** A run of bytes in one object: [start, end). */
 export interface Range {
@@ -74,10 +75,8 @@ export async function compose(t: S3Target, segments: Segment[], dest: string): P
     return;
   }
   if (total < MIN_PART) {
-    const body = Buffer.concat(await Promise.all(nonEmpty.map((s) => readRange(t, { key: s.key, start: 0, end: s.size }))));
-    await t.client.putObject(t.bucket, dest, body, body.length).catch((err: unknown) => {
-      throw s3Error(t, `writing ${dest}`, err);
-    });
+    const body = await Promise.all(nonEmpty.map((s) => readRange(t, { key: s.key, start: 0, end: s.size })));
+    await putBuffers(t, dest, body, { what: `writing ${dest}` });
     return;
   }
   await multipart(t, planParts(nonEmpty, t.copyPartSize), dest);
@@ -107,8 +106,8 @@ async function sendPart(t: S3Target, dest: string, uploadId: string, partNumber:
     const headers = { 'x-amz-copy-source': copySource(t.bucket, key), 'x-amz-copy-source-range': `bytes=${start}-${end - 1}` };
     return (await t.client.uploadPart({ ...base, headers }, '')).etag;
   }
-  const body = Buffer.concat(await Promise.all(part.upload.map((r) => readRange(t, r))));
-  return (await t.client.uploadPart({ ...base, headers: { 'Content-Length': body.length } }, body)).etag;
+  const body = await Promise.all(part.upload.map((r) => readRange(t, r)));
+  return putBuffers(t, dest, body, { part: { uploadId, number: partNumber }, what: `uploading part ${partNumber} of ${dest}` });
 }
 
 /** The bytes [start, end) of an object (end > start; small ranges only). */

@@ -1,48 +1,44 @@
-import { Readable, addAbortSignal } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
+import { Readable, addAbortSignal, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { PathNotFoundError, type FileInfo, type FileWriter, type ReadOptions, type StorageDriver } from './driver.js';
-import { compose, type Segment } from './s3-compose.js';
-import { contentLength, isInvalidRange, isNotFound, readAll, s3Error, s3Target, type S3Options, type S3Target } from './s3-client.js';
-import { S3ObjectWriter } from './s3-writer.js';
 import { abortUploads, deleteKeys, listChildren, listKeys, listObjects } from './s3-bucket.js';
+import { CHUNKS, chunkKey, chunkObjects, chunkedState, markerHeaders, newGeneration, type ChunkedState } from './s3-chunks.js';
+import { isInvalidRange, isNotFound, readAll, s3Error, s3Target, type S3Options, type S3Target } from './s3-client.js';
+import { compose, type Segment } from './s3-compose.js';
+import { FAST_COPY_MIN, fastCopy } from './s3-copy.js';
+import { headObject, headOf, putBuffers, type ObjectHead } from './s3-requests.js';
+import { S3ObjectWriter } from './s3-writer.js';
 
 /*
  * Storage on an S3-compatible bucket (MinIO, Ceph RGW, AWS) through the minio client.
  * Path `/a/b` is the key `<prefix>/a/b`; directories exist only as key prefixes.
  *
- * Appends. S3 has no append, and upload sessions must keep all their state in
- * storage, since POST, PATCH and PUT may reach different registry instances. So a
- * file that is appended to is stored as chunks, one object per append:
+ * Plain files are single objects. Files that are appended to (upload sessions'
+ * data) are a marker object plus one object per append: s3-chunks.ts draws that
+ * layout. Why chunk objects rather than keeping one S3 multipart upload open
+ * across PATCH requests (distribution's way): a chunk is an ordinary object
+ * written by an ordinary streamed writer, so no upload id or part list has to
+ * be kept consistent across instances and crashes, a PATCH cut off half way
+ * leaves nothing visible (the session's offset stays where it was, and the
+ * client resumes there), and chunks may have any size — S3 parts must be
+ * ≥ 5 MiB except the last, which forces the multipart approach into
+ * complete/re-copy rounds for every small PATCH. The cost comes at `move`, and
+ * only for sessions of several chunks: docker, skopeo and containerd send a
+ * layer in one PATCH (or one POST), whose chunk becomes the blob by one
+ * server-side CopyObject — the same copy distribution does. Several chunks are
+ * joined by a multipart upload whose parts are UploadPartCopy of chunk ranges;
+ * only pieces smaller than 5 MiB are read back and re-uploaded (s3-compose.ts).
  *
- *   <key>                         empty: "this file is its chunks"
- *   <key>.chunks/<offset, 16 digits>   the bytes of one append (one PATCH), at that offset
- *
- * stat, reader and move present the contiguous chunks as one file. Rules: a
- * non-empty object at <key> is the whole file (chunks beside it are stale and
- * are deleted when the file is next made chunked, or deleted); an empty one
- * means the file is its chunks. A path component may not end in `.chunks`.
- *
- * Why chunk objects rather than keeping one S3 multipart upload open across
- * PATCH requests (distribution's way): a chunk is an ordinary object written
- * by an ordinary streamed writer, so no upload id or part list has to be kept
- * consistent across instances and crashes, a PATCH cut off half way leaves
- * nothing (the session's offset stays where it was, and the client resumes
- * there), and chunks may have any size — S3 parts must be ≥ 5 MiB except the
- * last, which forces the multipart approach into complete/re-copy rounds for
- * every small PATCH. The cost comes at `move`, and only for sessions of several
- * chunks: docker, skopeo and containerd send a layer in one PATCH (or one POST),
- * whose chunk becomes the blob by one server-side CopyObject — the same copy
- * distribution does. Several chunks are joined by a multipart upload whose parts
- * are UploadPartCopy of chunk ranges; only pieces smaller than 5 MiB are read
- * back and re-uploaded (see s3-compose.ts).
+ * Requests per call, as the registry's hot paths see them: stat of a file,
+ * getContent, putContent: 1; stat of a missing path: 2 (HEAD, then a listing
+ * for a directory); an append: a HEAD, the chunk's writes, the marker's PUT;
+ * move of a one-chunk file: HEAD, listing, copy, one bulk delete.
  *
  * Streamed writes are multipart uploads with bounded memory (s3-writer.ts);
- * moves are server-side copies (multipart copy above copyPartSize, 5 GiB by
- * default), then deletes; deletes of trees are bulk DeleteObjects and also abort
- * multipart uploads left under the path; `walk` lists keys (in key order).
+ * deletes of trees are bulk DeleteObjects and also abort multipart uploads left
+ * under the path; `walk` lists keys (in key order).
  */
-const CHUNKS = '.chunks';
-const OFFSET_DIGITS = 16;
-
 export class S3Driver implements StorageDriver {
   readonly name = 's3';
   readonly t: S3Target;
@@ -76,17 +72,10 @@ export class S3Driver implements StorageDriver {
   }
 
   async stat(path: string): Promise<FileInfo | null> {
+    await this.ready(`stat of ${path}`);
     const key = this.key(path);
-    try {
-      const head = await this.t.client.statObject(this.t.bucket, key);
-      if (head.size > 0) return { path, size: head.size, modTime: head.lastModified, isDir: false };
-      const chunks = await this.chunks(path);
-      const size = chunks.reduce((n, c) => n + c.size, 0);
-      const modTime = chunks.reduce((t, c) => (c.modTime > t ? c.modTime : t), head.lastModified);
-      return { path, size, modTime, isDir: false };
-    } catch (err) {
-      if (!isNotFound(err)) throw this.fail(`stat of ${path}`, err);
-    }
+    const head = await headObject(this.t, key, `stat of ${path}`);
+    if (head) return { path, size: chunkedState(head)?.size ?? head.size, modTime: head.modTime, isDir: false };
     // A directory is any key below the path.
     const below = await this.t.client.listObjectsV2Query(this.t.bucket, `${key}/`, '', '', 1, '').catch((err: unknown) => {
       throw this.fail(`listing ${path}`, err);
@@ -96,41 +85,70 @@ export class S3Driver implements StorageDriver {
   }
 
   async reader(path: string, opts: ReadOptions = {}): Promise<Readable> {
+    await this.ready(`reading ${path}`);
     const key = this.key(path);
     const offset = opts.offset ?? 0;
-    if (opts.length === 0) {
-      if (!(await this.stat(path))) throw new PathNotFoundError(path);
-      return Readable.from([]);
+    let head: ObjectHead | null = null;
+    if (opts.length !== 0) {
+      try {
+        const res = (await this.t.client.getPartialObject(this.t.bucket, key, offset, opts.length ?? 0)) as IncomingMessage;
+        head = headOf(res.headers);
+        if (!chunkedState(head)) return opts.signal ? addAbortSignal(opts.signal, res) : res;
+        res.resume(); // a marker: the bytes are in its chunks
+      } catch (err) {
+        if (isNotFound(err)) throw new PathNotFoundError(path);
+        if (!isInvalidRange(err)) throw this.fail(`reading ${path}`, err);
+      }
     }
-    try {
-      const res = await this.t.client.getPartialObject(this.t.bucket, key, offset, opts.length ?? 0);
-      if (offset > 0 || contentLength(res) !== 0) return opts.signal ? addAbortSignal(opts.signal, res) : res;
-      res.resume(); // an empty object: the file may be its chunks
-    } catch (err) {
-      if (isNotFound(err)) throw new PathNotFoundError(path);
-      if (!isInvalidRange(err)) throw this.fail(`reading ${path}`, err);
-    }
-    const segments = await this.segments(path);
-    if (!segments) throw new PathNotFoundError(path);
+    head ??= await headObject(this.t, key, `reading ${path}`);
+    if (!head) throw new PathNotFoundError(path);
+    const state = chunkedState(head);
+    // A plain file read at or past its end, or for no bytes: nothing.
+    if (!state) return Readable.from([]);
+    const { segments } = await chunkObjects(this.t, key, state);
+    if (!segments) throw this.fail(`reading ${path}`, new Error(`chunks of ${key} are missing`));
     const stream = Readable.from(this.concat(segments, offset, opts.length));
     return opts.signal ? addAbortSignal(opts.signal, stream) : stream;
   }
 
   async writer(path: string, opts: { append?: boolean } = {}): Promise<FileWriter> {
+    await this.ready(`writing ${path}`);
     const key = this.key(path);
     const remove = () => this.delete(path);
-    if (!opts.append) {
-      await deleteKeys(this.t, await listKeys(this.t, this.chunkPrefix(path)));
-      return new S3ObjectWriter(this.t, key, { remove });
+    if (!opts.append) return new S3ObjectWriter(this.t, key, { remove });
+    const head = await headObject(this.t, key, `appending to ${path}`);
+    const existing = head ? chunkedState(head) : null;
+    const state: ChunkedState = existing ?? { gen: newGeneration(), size: head?.size ?? 0 };
+    // Appending creates the file, as on a filesystem (an empty plain file until a chunk is committed).
+    if (!head) await putBuffers(this.t, key, [], { what: `writing ${path}` });
+    if (head && !existing && head.size > 0) {
+      // A plain file's bytes become chunk 0 of a new generation, visible only once the marker says so.
+      await compose(this.t, [{ key, size: head.size }], chunkKey(key, state.gen, 0));
     }
-    const initial = await this.makeChunked(path);
-    return new S3ObjectWriter(this.t, this.chunkKey(path, initial), { initial, skipEmpty: true, remove });
+    const afterCommit = async (written: number) => {
+      if (written > 0) await putBuffers(this.t, key, [], { headers: markerHeaders({ gen: state.gen, size: state.size + written }), what: `appending to ${path}` });
+    };
+    return new S3ObjectWriter(this.t, chunkKey(key, state.gen, state.size), { initial: state.size, skipEmpty: true, afterCommit, remove });
+  }
+
+  /** A blob's bytes into a response: the pooled-buffer socket path for large ranges (s3-copy.ts), else the reader. */
+  async copyTo(path: string, dest: Writable, opts: { offset: number; length: number; signal?: AbortSignal }): Promise<void> {
+    await this.ready(`reading ${path}`);
+    if (opts.length >= FAST_COPY_MIN) {
+      const done = await fastCopy(this.t, this.key(path), dest, opts).catch((err: unknown) => {
+        throw (err as Error)?.name === 'AbortError' ? err : this.fail(`reading ${path}`, err);
+      });
+      if (done) return;
+    }
+    await pipeline(await this.reader(path, opts), dest, { end: false, signal: opts.signal });
   }
 
   async getContent(path: string): Promise<Buffer> {
+    await this.ready(`reading ${path}`);
     try {
-      const body = await readAll(await this.t.client.getObject(this.t.bucket, this.key(path)));
-      return body.length > 0 ? body : readAll(await this.reader(path));
+      const res = (await this.t.client.getObject(this.t.bucket, this.key(path))) as IncomingMessage;
+      const body = await readAll(res);
+      return chunkedState(headOf(res.headers)) ? await readAll(await this.reader(path)) : body;
     } catch (err) {
       if (isNotFound(err)) throw new PathNotFoundError(path);
       throw this.fail(`reading ${path}`, err);
@@ -138,42 +156,45 @@ export class S3Driver implements StorageDriver {
   }
 
   async putContent(path: string, content: Buffer | string): Promise<void> {
-    const body = Buffer.from(content);
-    const key = this.key(path);
-    if (body.length === 0) await deleteKeys(this.t, await listKeys(this.t, this.chunkPrefix(path)));
-    await this.t.client.putObject(this.t.bucket, key, body, body.length).catch((err: unknown) => {
-      throw this.fail(`writing ${path}`, err);
-    });
+    await this.ready(`writing ${path}`);
+    await putBuffers(this.t, this.key(path), [typeof content === 'string' ? Buffer.from(content) : content], { what: `writing ${path}` });
   }
 
   async list(path: string): Promise<string[]> {
+    await this.ready(`listing ${path}`);
     const names = await listChildren(this.t, this.dirPrefix(path));
     return [...names].filter((n) => !n.endsWith(CHUNKS)).sort();
   }
 
   async move(src: string, dest: string): Promise<void> {
-    const segments = await this.segments(src);
-    if (!segments) throw new PathNotFoundError(src);
+    await this.ready(`moving ${src}`);
+    const key = this.key(src);
+    // The listing does not depend on the HEAD: both at once, one round trip.
+    const [head, listed] = await Promise.all([headObject(this.t, key, `moving ${src}`), chunkObjects(this.t, key, null)]);
+    if (!head) throw new PathNotFoundError(src);
+    const state = chunkedState(head);
+    const chunks = state ? await chunkObjects(this.t, key, state, listed.all) : listed;
+    const segments: Segment[] | null = state ? chunks.segments : [{ key, size: head.size }];
+    if (!segments) throw this.fail(`moving ${src}`, new Error(`chunks of ${key} are missing`));
     const destKey = this.key(dest);
-    if (segments.every((s) => s.size === 0)) {
-      await this.putContent(dest, '');
-    } else {
-      await compose(this.t, segments, destKey);
-    }
-    await this.delete(src);
+    if (segments.every((s) => s.size === 0)) await putBuffers(this.t, destKey, [], { what: `writing ${dest}` });
+    else await compose(this.t, segments, destKey);
+    await deleteKeys(this.t, [...chunks.all.map((o) => o.name), key]);
   }
 
   async delete(path: string): Promise<void> {
+    await this.ready(`deleting ${path}`);
     const key = path === '/' ? this.base : this.key(path);
     const mine = (k: string) => path === '/' || k === key || k.startsWith(`${key}/`) || k.startsWith(`${key}${CHUNKS}/`);
-    await abortUploads(this.t, key, mine);
-    const keys = (await listKeys(this.t, key)).filter(mine);
-    // Chunks before the (empty) object that says "this file is its chunks".
-    await deleteKeys(this.t, keys.filter((k) => k !== key));
+    const [, listed] = await Promise.all([abortUploads(this.t, key, mine), listKeys(this.t, key)]);
+    const keys = listed.filter(mine);
+    // The object at the path first: without its marker a chunked file's chunks are invisible leftovers, never a file with holes.
     await deleteKeys(this.t, keys.filter((k) => k === key));
+    await deleteKeys(this.t, keys.filter((k) => k !== key));
   }
 
   async *walk(path: string): AsyncIterable<FileInfo> {
+    await this.ready(`walking ${path}`);
     const prefix = this.dirPrefix(path);
     for await (const o of listObjects(this.t, prefix)) {
       const rel = o.name.slice(this.base.length);
@@ -194,6 +215,7 @@ export class S3Driver implements StorageDriver {
 
   /** Aborts multipart uploads under this driver's prefix started before `olderThan`; returns how many. */
   async cleanIncomplete(olderThan: Date): Promise<number> {
+    await this.ready('cleaning incomplete uploads');
     return abortUploads(this.t, this.base, (_key, initiated) => initiated < olderThan);
   }
 
@@ -210,61 +232,11 @@ export class S3Driver implements StorageDriver {
     if (!exists) throw this.fail(what, Object.assign(new Error('no such bucket'), { code: 'NoSuchBucket' }));
   }
 
-  private chunkPrefix(path: string): string {
-    return `${this.key(path)}${CHUNKS}/`;
-  }
-
-  private chunkKey(path: string, offset: number): string {
-    return this.chunkPrefix(path) + String(offset).padStart(OFFSET_DIGITS, '0');
-  }
-
-  /** The contiguous chunks of a file from offset 0 (a gap ends the file: what follows it is a leftover). */
-  private async chunks(path: string): Promise<(Segment & { modTime: Date })[]> {
-    const prefix = this.chunkPrefix(path);
-    const found: (Segment & { offset: number; modTime: Date })[] = [];
-    for await (const o of listObjects(this.t, prefix)) {
-      const offset = Number(o.name.slice(prefix.length));
-      if (Number.isSafeInteger(offset)) found.push({ key: o.name, size: o.size, offset, modTime: o.lastModified });
-    }
-    found.sort((a, b) => a.offset - b.offset);
-    const contiguous: (Segment & { modTime: Date })[] = [];
-    let next = 0;
-    for (const c of found) {
-      if (c.offset !== next) break;
-      contiguous.push(c);
-      next += c.size;
-    }
-    return contiguous;
-  }
-
-  /** The objects whose bytes make up the file, or null when there is none. */
-  private async segments(path: string): Promise<Segment[] | null> {
-    const key = this.key(path);
-    const head = await this.t.client.statObject(this.t.bucket, key).catch((err: unknown) => {
-      if (isNotFound(err)) return null;
-      throw this.fail(`stat of ${path}`, err);
+  /** Fails at once, naming the endpoint, while S3 is known to be down; waits for the breaker's probe after. */
+  private async ready(what: string): Promise<void> {
+    await this.t.ready().catch((err: unknown) => {
+      throw s3Error(this.t, what, err);
     });
-    if (!head) return null;
-    return head.size > 0 ? [{ key, size: head.size }] : this.chunks(path);
-  }
-
-  /** Puts a file in chunked form; returns its size (where the next chunk starts). */
-  private async makeChunked(path: string): Promise<number> {
-    const key = this.key(path);
-    const segments = await this.segments(path);
-    if (!segments) {
-      await this.putContent(path, '');
-      return 0;
-    }
-    const size = segments.reduce((n, s) => n + s.size, 0);
-    if (segments[0]?.key !== key) return size;
-    // A plain file: its bytes become chunk 0, after stale chunks are gone.
-    await deleteKeys(this.t, await listKeys(this.t, this.chunkPrefix(path)));
-    await compose(this.t, segments, this.chunkKey(path, 0));
-    await this.t.client.putObject(this.t.bucket, key, Buffer.alloc(0), 0).catch((err: unknown) => {
-      throw this.fail(`writing ${path}`, err);
-    });
-    return size;
   }
 
   private async *concat(segments: Segment[], offset: number, length: number | undefined): AsyncIterable<Buffer> {

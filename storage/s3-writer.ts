@@ -1,12 +1,15 @@
 import { Writable } from 'node:stream';
 import type { FileWriter } from './driver.js';
 import { s3Error, type S3Target } from './s3-client.js';
+import { putBuffers } from './s3-requests.js';
 
 export interface ObjectWriterOptions {
   /** Bytes the file had before this writer (an append): counted in `size`. */
   initial?: number;
   /** Write nothing at all when no byte came (an empty append). */
   skipEmpty?: boolean;
+  /** Runs after the object is complete, before `commit()` resolves, with the bytes this writer wrote (an append's marker update). */
+  afterCommit?: (written: number) => Promise<void>;
   /** What `cancel()` removes after the upload was aborted. */
   remove: () => Promise<void>;
 }
@@ -91,7 +94,8 @@ export class S3ObjectWriter extends Writable implements FileWriter {
 
   private async sendPart(): Promise<void> {
     if (this.failure) throw this.failure;
-    const body = Buffer.concat(this.buffered, this.bufferedBytes);
+    // The chunks as they came: sent in order, never copied into one part-sized buffer.
+    const body = this.buffered;
     this.buffered = [];
     this.bufferedBytes = 0;
     if (!this.uploadId) {
@@ -101,12 +105,10 @@ export class S3ObjectWriter extends Writable implements FileWriter {
     }
     if (++this.partNumber > MAX_PARTS) throw new Error(`S3 write of ${this.key}: more than ${MAX_PARTS} parts; raise partSize`);
     const part = this.partNumber;
-    const upload = this.t.client
-      .uploadPart({ bucketName: this.t.bucket, objectName: this.key, uploadID: this.uploadId, partNumber: part, headers: { 'Content-Length': body.length } }, body)
-      .then(
-        (res) => void this.etags.push({ part, etag: res.etag }),
-        (err: unknown) => void (this.failure ??= s3Error(this.t, `uploading part ${part} of ${this.key}`, err)),
-      );
+    const upload = putBuffers(this.t, this.key, body, { part: { uploadId: this.uploadId, number: part }, what: `uploading part ${part} of ${this.key}` }).then(
+      (etag) => void this.etags.push({ part, etag }),
+      (err: unknown) => void (this.failure ??= s3Error(this.t, `uploading part ${part} of ${this.key}`, err)),
+    );
     this.inFlight.push(upload);
     while (this.inFlight.length >= PARTS_IN_FLIGHT) await this.inFlight.shift();
     if (this.failure) throw this.failure;
@@ -114,11 +116,8 @@ export class S3ObjectWriter extends Writable implements FileWriter {
 
   private async finish(): Promise<void> {
     if (!this.uploadId) {
-      if (this.written === 0 && this.opts.skipEmpty) return;
-      const body = Buffer.concat(this.buffered, this.bufferedBytes);
-      await this.t.client.putObject(this.t.bucket, this.key, body, body.length).catch((err: unknown) => {
-        throw s3Error(this.t, `writing ${this.key}`, err);
-      });
+      if (this.written > 0 || !this.opts.skipEmpty) await putBuffers(this.t, this.key, this.buffered);
+      this.buffered = [];
     } else {
       if (this.bufferedBytes > 0) await this.sendPart();
       await Promise.all(this.inFlight.splice(0));
@@ -129,6 +128,7 @@ export class S3ObjectWriter extends Writable implements FileWriter {
       });
     }
     this.committed = true;
+    await this.opts.afterCommit?.(this.written);
   }
 
   /** Aborts an unfinished multipart upload (once); errors are left for the janitor. */

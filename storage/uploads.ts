@@ -4,6 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import type { StorageDriver } from './driver.js';
 import { HashingStream, type Digest } from './digest.js';
 import { StoreError } from './errors.js';
+import { claimBlob } from './gc-guard.js';
 import type { BlobInfo, BlobStore } from './blobs.js';
 import * as paths from './paths.js';
 
@@ -95,7 +96,8 @@ export class UploadStore {
         await this.remove(repo, uuid);
         throw new StoreError('digest-mismatch', `upload's content has digest ${digest.algorithm}:${actual}, not ${digest.value}`);
       }
-      if (await this.blobs.statGlobal(digest)) {
+      // A blob already stored is claimed against a concurrent GC (gc-guard.ts); if GC removed it, these bytes replace it.
+      if (await claimBlob(this.driver, digest)) {
         await this.remove(repo, uuid);
       } else {
         await this.driver.move(paths.uploadData(repo, uuid), paths.blobData(digest));

@@ -1,0 +1,138 @@
+import type { FileInfo, StorageDriver } from './driver.js';
+import { parseDigest } from './digest.js';
+import { globToRegExp, type RetentionRule } from './gc-config.js';
+import { INTENT_RENEW_MS, pruningPath } from './gc-guard.js';
+import { sameTime, type RepoState } from './gc-scan.js';
+import type { ParsedManifest } from './manifest.js';
+import * as paths from './paths.js';
+
+/*
+ * Retention, applied by GC before it marks. Per repository, the first rule
+ * whose glob matches decides:
+ * - tags: with keepLast and/or keepTags, a tag stays when it is among the
+ *   keepLast most recently pushed (its current link's modTime) or matches
+ *   keepTags; every other tag is deleted. A rule with neither keeps all tags.
+ * - untagged manifests: a revision no remaining tag reaches — directly, as a
+ *   child of a reached index, or as a referrer of a reached manifest — is
+ *   deleted once its revision link is older than the rule's untaggedAfter, or
+ *   (no rule says) older than the grace period when deleteUntagged is set.
+ *   Never younger than the grace period: a client may push children and
+ *   referrers by digest before the index or tag that reaches them.
+ * Without a rule or deleteUntagged every revision is a root and stays.
+ */
+export interface PrunePlan {
+  repo: string;
+  tags: { tag: string; digest: string | null; link: FileInfo }[];
+  revisions: { digest: string; link: FileInfo }[];
+}
+
+export interface PlanOptions {
+  rules: RetentionRule[];
+  deleteUntagged: boolean;
+  gracePeriod: number;
+  /** The storage's clock, ms. */
+  now: number;
+  /** A stored manifest, parsed; null when unreadable. */
+  readManifest(digest: string): Promise<ParsedManifest | null>;
+  /** Digests recent pushes to the repository named: roots like tagged ones. */
+  extraRoots?: string[];
+}
+
+export function ruleFor(rules: RetentionRule[], repo: string): RetentionRule | undefined {
+  return rules.find((r) => globToRegExp(r.repositories).test(repo));
+}
+
+function tagsToDelete(s: RepoState, rule: RetentionRule | undefined): PrunePlan['tags'] {
+  if (!rule || (rule.keepLast === undefined && rule.keepTags === undefined)) return [];
+  const byAge = [...s.tags].sort(([ta, a], [tb, b]) => b.link.modTime.getTime() - a.link.modTime.getTime() || (ta < tb ? 1 : -1));
+  const keep = new Set(byAge.slice(0, rule.keepLast ?? 0).map(([tag]) => tag));
+  const pattern = rule.keepTags === undefined ? null : new RegExp(rule.keepTags);
+  return byAge.filter(([tag]) => !keep.has(tag) && !pattern?.test(tag)).map(([tag, t]) => ({ tag, digest: t.digest, link: t.link }));
+}
+
+/** Digests reachable from `roots` through index children and referrers, within the repository. */
+async function reachable(s: RepoState, roots: string[], opts: PlanOptions): Promise<Set<string>> {
+  const seen = new Set<string>();
+  const queue = [...roots];
+  for (let d = queue.pop(); d !== undefined; d = queue.pop()) {
+    if (seen.has(d)) continue;
+    seen.add(d);
+    const parsed = s.revisions.has(d) ? await opts.readManifest(d) : null;
+    for (const child of parsed?.manifests ?? []) queue.push(child.digest);
+    queue.push(...(s.referrers.get(d) ?? []));
+  }
+  return seen;
+}
+
+export async function planRetention(s: RepoState, opts: PlanOptions): Promise<PrunePlan> {
+  const rule = ruleFor(opts.rules, s.name);
+  const tags = tagsToDelete(s, rule);
+  const plan: PrunePlan = { repo: s.name, tags, revisions: [] };
+  const maxAge = rule?.untaggedAfter ?? (opts.deleteUntagged ? 0 : undefined);
+  if (maxAge === undefined) return plan;
+  const gone = new Set(tags.map((t) => t.tag));
+  const roots = [...s.tags].filter(([tag, t]) => !gone.has(tag) && t.digest).map(([, t]) => t.digest!);
+  roots.push(...(opts.extraRoots ?? []));
+  const reached = await reachable(s, roots, opts);
+  // A second of slack towards keeping: S3's HEAD has whole seconds.
+  const limit = Math.max(maxAge, opts.gracePeriod) + 1000;
+  for (const [digest, link] of s.revisions) {
+    if (!reached.has(digest) && opts.now - link.modTime.getTime() > limit) plan.revisions.push({ digest, link });
+  }
+  return plan;
+}
+
+export interface PruneResult {
+  tags: string[];
+  revisions: string[];
+}
+
+/**
+ * Carries out a plan under the repository's pruning marker (gc-guard.ts): each
+ * tag and revision is re-read first and left alone when a push rewrote it since
+ * the scan; a push that writes after the re-read sees the marker and writes its
+ * links again once this is done.
+ */
+export async function applyPlan(
+  driver: StorageDriver,
+  plan: PrunePlan,
+  readManifest: PlanOptions['readManifest'],
+  signal?: AbortSignal,
+): Promise<PruneResult> {
+  const done: PruneResult = { tags: [], revisions: [] };
+  if (plan.tags.length === 0 && plan.revisions.length === 0) return done;
+  const { repo } = plan;
+  const marker = pruningPath(repo);
+  let written = Date.now();
+  await driver.putContent(marker, new Date(written).toISOString());
+  const renew = async () => {
+    signal?.throwIfAborted();
+    if (Date.now() - written < INTENT_RENEW_MS) return;
+    written = Date.now();
+    await driver.putContent(marker, new Date(written).toISOString());
+  };
+  try {
+    for (const t of plan.tags) {
+      await renew();
+      const link = await driver.stat(paths.tagCurrentLink(repo, t.tag));
+      if (!link || !sameTime(link.modTime, t.link.modTime)) continue;
+      const now = (await driver.getContent(paths.tagCurrentLink(repo, t.tag)).catch(() => null))?.toString('utf8').trim() ?? null;
+      if (now !== t.digest) continue;
+      await driver.delete(paths.tagDir(repo, t.tag));
+      done.tags.push(t.tag);
+    }
+    for (const r of plan.revisions) {
+      await renew();
+      const digest = parseDigest(r.digest);
+      const link = await driver.stat(paths.revisionLink(repo, digest));
+      if (!link || !sameTime(link.modTime, r.link.modTime)) continue;
+      const subject = (await readManifest(r.digest))?.subject;
+      if (subject) await driver.delete(paths.referrerEntry(repo, parseDigest(subject.digest), digest));
+      await driver.delete(paths.revisionLink(repo, digest).replace(/\/link$/, ''));
+      done.revisions.push(r.digest);
+    }
+  } finally {
+    await driver.delete(marker);
+  }
+  return done;
+}

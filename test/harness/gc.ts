@@ -1,0 +1,183 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readdir, utimes } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { FilesystemDriver, S3Driver, createStore, type Store } from '../../storage/index.js';
+import { MT, http, pushBlob, putManifest, sha256 } from './http.js';
+import { randomBucket, sharedRadosgw, type S3Server } from './radosgw.js';
+import { startRegistryProcess, tempDir, type RegistryProcess } from './registry.js';
+
+/*
+ * What the GC tests share: a registry process and an in-process store over the
+ * same storage (a temp directory, or a fresh prefix in one bucket), images
+ * pushed over HTTP and verified byte for byte, and a way to make things old —
+ * utimes on a filesystem; on S3 (no backdating) a wait past a short grace period.
+ */
+const DIST = resolve(fileURLToPath(import.meta.url), '../../..');
+
+export interface GcEnv {
+  reg: RegistryProcess;
+  store: Store;
+  /** Arguments that select this storage for `slipway registry` / `slipway gc`. */
+  storageArgs: string[];
+  env: NodeJS.ProcessEnv;
+  /** Grace period to give GC, ms. */
+  grace: number;
+  canBackdate: boolean;
+  /** Makes `paths` and every push record older than the grace period (filesystem), or waits until everything written so far is (S3). */
+  age(paths: string[]): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+export interface GcTarget {
+  label: string;
+  open(): Promise<GcEnv>;
+  close(): Promise<void>;
+}
+
+export const fsTarget: GcTarget = {
+  label: 'filesystem',
+  open: async () => {
+    const data = await tempDir('slipway-gc-');
+    const reg = await startRegistryProcess({ data });
+    const backdate = new Date(Date.now() - 2 * 3600_000);
+    return {
+      reg,
+      store: createStore(new FilesystemDriver(data)),
+      storageArgs: ['--data', data],
+      env: {},
+      grace: 60_000,
+      canBackdate: true,
+      // Records of pushes (gc-guard.ts) protect what they name for a grace period: they age too.
+      age: async (paths) => {
+        const records = await readdir(join(data, 'v2/_gc/records')).catch(() => []);
+        for (const p of [...paths, ...records.map((r) => `/v2/_gc/records/${r}`)]) {
+          await utimes(join(data, p), backdate, backdate).catch((err: NodeJS.ErrnoException) => {
+            if (err.code !== 'ENOENT') throw err;
+          });
+        }
+      },
+      cleanup: () => reg.cleanup(),
+    };
+  },
+  close: async () => {},
+};
+
+export function s3Target(): GcTarget {
+  let server: { s3: S3Server; release(): Promise<void> } | undefined;
+  let bucket = '';
+  return {
+    label: 's3',
+    open: async () => {
+      if (!server) {
+        server = await sharedRadosgw();
+        bucket = randomBucket('gc');
+        await server.s3.createBucket(bucket);
+      }
+      const { s3 } = server;
+      const prefix = `p${randomBytes(4).toString('hex')}`;
+      const storageArgs = ['--storage', `s3://${new URL(s3.endpoint).host}/${bucket}?tls=false&region=us-east-1&prefix=${prefix}`];
+      const env = { SLIPWAY_S3_ACCESS_KEY: s3.accessKey, SLIPWAY_S3_SECRET_KEY: s3.secretKey };
+      const reg = await startRegistryProcess({ args: storageArgs, env });
+      const driver = new S3Driver({ endpoint: s3.endpoint, bucket, prefix, accessKey: s3.accessKey, secretKey: s3.secretKey });
+      const grace = 2500;
+      return {
+        reg,
+        store: createStore(driver),
+        storageArgs,
+        env,
+        grace,
+        canBackdate: false,
+        // GC keeps blobs younger than grace + 1 s of clock slack; S3 modTimes have whole seconds.
+        age: () => sleep(grace + 2200),
+        cleanup: async () => {
+          await reg.cleanup();
+          await driver.delete('/v2');
+        },
+      };
+    },
+    close: async () => {
+      if (!server) return;
+      await server.s3.deleteBucket(bucket);
+      assert.equal(await server.s3.client().bucketExists(bucket), false);
+      await server.release();
+    },
+  };
+}
+
+export interface PushedImage {
+  repo: string;
+  /** The reference it was pushed by: a tag, or its digest. */
+  ref: string;
+  digest: string;
+  manifest: Buffer;
+  blobs: { digest: string; bytes: Buffer }[];
+}
+
+export const blobPath = (digest: string): string => `/v2/blobs/sha256/${digest.slice(7, 9)}/${digest.slice(7)}/data`;
+/** A blob's data and its GC touch marker (gc-guard.ts): what makes it look old or young to GC. */
+export const blobFiles = (digest: string): string[] => [blobPath(digest), `/v2/_gc/touched/sha256/${digest.slice(7)}`];
+export const revisionPath = (repo: string, digest: string): string => `/v2/repositories/${repo}/_manifests/revisions/sha256/${digest.slice(7)}/link`;
+export const tagPath = (repo: string, tag: string): string => `/v2/repositories/${repo}/_manifests/tags/${tag}/current/link`;
+
+/** Pushes a config and a layer and an OCI manifest naming them, by tag (or by digest when `tag` is absent). */
+export async function pushImage(base: string, repo: string, tag?: string, extra: Record<string, unknown> = {}): Promise<PushedImage> {
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, nonce: randomBytes(8).toString('hex') }));
+  const layer = randomBytes(4096 + Math.floor(Math.random() * 4096));
+  const blobs = [];
+  for (const bytes of [config, layer]) blobs.push({ digest: await pushBlob(base, repo, bytes), bytes });
+  const doc = {
+    schemaVersion: 2,
+    mediaType: MT.ociManifest,
+    config: { mediaType: MT.ociConfig, digest: blobs[0]!.digest, size: config.length },
+    layers: [{ mediaType: MT.ociLayer, digest: blobs[1]!.digest, size: layer.length }],
+    ...extra,
+  };
+  const manifest = Buffer.from(JSON.stringify(doc));
+  const digest = sha256(manifest);
+  const r = await putManifest(base, repo, tag ?? digest, manifest, MT.ociManifest);
+  assert.equal(r.status, 201, `manifest PUT ${repo}:${tag ?? digest}: ${r.status} ${r.body.toString()}`);
+  return { repo, ref: tag ?? digest, digest, manifest, blobs };
+}
+
+/** The image pulls intact: manifest by its reference and by digest, every blob digest-verified. */
+export async function assertPullable(base: string, img: PushedImage): Promise<void> {
+  for (const ref of new Set([img.ref, img.digest])) {
+    const m = await http(`${base}/v2/${img.repo}/manifests/${ref}`, { headers: { Accept: MT.ociManifest } });
+    assert.equal(m.status, 200, `GET ${img.repo}:${ref}: ${m.status} ${m.body.toString()}`);
+    assert.equal(sha256(m.body), img.digest);
+  }
+  for (const b of img.blobs) {
+    const r = await http(`${base}/v2/${img.repo}/blobs/${b.digest}`);
+    assert.equal(r.status, 200, `blob ${b.digest} of ${img.repo}: ${r.status}`);
+    assert.equal(sha256(r.body), b.digest);
+  }
+}
+
+/** Runs `slipway gc ARGS` (the command as cli/gc.ts registers it, under the same error handling as cli/main.ts). */
+export function slipwayGc(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const script = `import { Command } from 'commander';
+import { registerGcCommand } from ${JSON.stringify(pathToFileURL(join(DIST, 'cli/gc.js')).href)};
+const program = new Command('slipway');
+registerGcCommand(program);
+program.parseAsync(process.argv.slice(1), { from: 'user' }).catch((err) => {
+  console.error('slipway: ' + (err instanceof Error ? err.message : String(err)));
+  process.exit(1);
+});`;
+  return new Promise((ok, fail) => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script, 'gc', ...args], {
+      cwd: resolve(DIST, '..'),
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('error', fail);
+    child.once('close', (code) => ok({ code: code ?? 128, stdout, stderr }));
+  });
+}
