@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real.
-packages=(docker.io docker-registry skopeo podman busybox-static runc attr iptables iproute2 wrk curl git ceph-mon ceph-osd radosgw ceph-common)
+packages=(docker.io docker-registry skopeo podman buildah busybox-static runc attr iptables iproute2 wrk curl git ceph-mon ceph-osd radosgw ceph-common)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,0 +1,175 @@
+/*
+ * Redis for the builder: connections with a clear error when the server is not
+ * there, the key layout, and a redis-server of our own for `slipway up` and tests.
+ *
+ * Keys (every one under a prefix, default "slipway", so several installations
+ * or test runs can share one Redis):
+ *   <prefix>:build-index            ZSET   build ids scored by creation time (ms)
+ *   <prefix>:build:<id>             HASH   the build record (records.ts)
+ *   <prefix>:build:<id>:steps       HASH   step index → BuildStep JSON
+ *   <prefix>:build:<id>:log         STREAM log entries {t: line|step|status|end, d} (logs.ts)
+ *   <prefix>:triggers               HASH   "<repo>#<branch>" → Trigger JSON (triggers.ts)
+ *   <prefix>:hook-delivery:<id>     STRING a webhook delivery already accepted (expires)
+ *   <prefix>:cancel                 pub/sub channel: build ids to cancel
+ *   <prefix>:builds:*               BullMQ's queue "builds" (BullMQ prefix = <prefix>)
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+
+export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
+export const DEFAULT_PREFIX = 'slipway';
+export const QUEUE_NAME = 'builds';
+
+/** Where the builder's data lives in Redis. */
+export interface BuilderSpace {
+  redisUrl: string;
+  prefix: string;
+}
+
+export const keys = (prefix: string) => ({
+  index: `${prefix}:build-index`,
+  record: (id: string) => `${prefix}:build:${id}`,
+  steps: (id: string) => `${prefix}:build:${id}:steps`,
+  log: (id: string) => `${prefix}:build:${id}:log`,
+  triggers: `${prefix}:triggers`,
+  delivery: (id: string) => `${prefix}:hook-delivery:${id}`,
+  cancel: `${prefix}:cancel`,
+});
+
+export class RedisUnreachableError extends Error {
+  constructor(readonly url: string, cause: string) {
+    super(
+      `Redis at ${url} is not reachable (${cause}). Start one (\`slipway up\` starts its own) ` +
+        `or point --redis / SLIPWAY_REDIS_URL at a running Redis.`,
+    );
+  }
+}
+
+/**
+ * A long-lived connection: reconnects forever and queues commands while Redis
+ * is away (what BullMQ workers need: `maxRetriesPerRequest: null`).
+ */
+export function connectRedis(url: string, name = 'slipway'): Redis {
+  const redis = new Redis(url, { maxRetriesPerRequest: null, connectionName: name, lazyConnect: false });
+  // Reconnection is automatic; the error is kept to explain a failed pingRedis.
+  redis.on('error', (err: Error) => lastErrors.set(redis, err.message));
+  redis.on('ready', () => lastErrors.delete(redis));
+  return redis;
+}
+
+const lastErrors = new WeakMap<Redis, string>();
+
+/** Resolves when Redis answers PING within `timeoutMs`; otherwise RedisUnreachableError. */
+export async function checkRedis(url: string, timeoutMs = 3000): Promise<void> {
+  const probe = new Redis(url, {
+    lazyConnect: true,
+    connectTimeout: timeoutMs,
+    maxRetriesPerRequest: 0,
+    enableOfflineQueue: false,
+    retryStrategy: () => null,
+  });
+  let last = 'no answer';
+  probe.on('error', (err: Error) => (last = err.message));
+  try {
+    await withTimeout(probe.connect().then(() => probe.ping()), timeoutMs, () => `no answer within ${timeoutMs} ms`);
+  } catch (err) {
+    throw new RedisUnreachableError(url, err instanceof Error && err.message ? errorCause(err.message, last) : last);
+  } finally {
+    probe.disconnect();
+  }
+}
+
+/** PING on an existing connection, failing fast instead of waiting for a reconnect. */
+export async function pingRedis(redis: Redis, url: string, timeoutMs = 2000): Promise<void> {
+  if (redis.status !== 'ready') throw new RedisUnreachableError(url, lastErrors.get(redis) ?? `connection ${redis.status}`);
+  try {
+    await withTimeout(redis.ping(), timeoutMs, () => `no answer within ${timeoutMs} ms`);
+  } catch (err) {
+    throw new RedisUnreachableError(url, err instanceof Error ? err.message : String(err));
+  }
+}
+
+function errorCause(message: string, last: string): string {
+  return /Connection is closed|Stream isn't writeable/.test(message) ? last : message;
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, why: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(why())), ms)));
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A loopback port that nothing listens on now. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', () => ok()));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((ok) => server.close(() => ok()));
+  return port;
+}
+
+export const REDIS_SERVER_BIN = '/usr/bin/redis-server';
+
+export interface RedisServer {
+  url: string;
+  port: number;
+  dir: string;
+  pid: number;
+  child: ChildProcess;
+  /** SIGTERM (Redis flushes the AOF) and wait for the exit. */
+  stop(): Promise<void>;
+  /** SIGKILL and wait. */
+  kill(): Promise<void>;
+}
+
+/**
+ * Starts Debian's redis-server on loopback with its data in `dir`: AOF on
+ * (every write logged, fsync each second), RDB snapshots off, no daemonizing.
+ * `port` 0 picks a free one; pass the old port to restart over the same data.
+ */
+export async function startRedisServer(opts: { dir: string; port?: number; readyTimeoutMs?: number }): Promise<RedisServer> {
+  await mkdir(opts.dir, { recursive: true });
+  const port = opts.port || (await freePort());
+  const args = ['--bind', '127.0.0.1', '--port', String(port), '--dir', opts.dir, '--appendonly', 'yes', '--save', '', '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning'];
+  const child = spawn(REDIS_SERVER_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-4000)));
+  child.stderr!.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-4000)));
+  const exited = new Promise<void>((r) => {
+    child.once('exit', () => r());
+    child.once('error', (err) => {
+      output += `\n${err.message}`;
+      r();
+    });
+  });
+  const url = `redis://127.0.0.1:${port}`;
+  const signal = async (sig: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+    await exited;
+  };
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? 20_000);
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) {
+      const hint = child.pid === undefined ? ' (install it: apt-get install redis-server)' : '';
+      throw new Error(`${REDIS_SERVER_BIN} exited before it answered on ${url}${hint}:\n${output}`);
+    }
+    try {
+      await checkRedis(url, 1000);
+      break;
+    } catch (err) {
+      if (Date.now() > deadline) {
+        await signal('SIGKILL');
+        throw new Error(`redis-server did not answer on ${url}: ${(err as Error).message}\n${output}`);
+      }
+      await sleep(50);
+    }
+  }
+  return { url, port, dir: opts.dir, pid: child.pid, child, stop: () => signal('SIGTERM'), kill: () => signal('SIGKILL') };
+}

@@ -1,0 +1,108 @@
+/*
+ * The worker's side of a build's context: fetch an uploaded context back from
+ * the registry process's API and extract it, or clone the exact commit a git
+ * push named (a shallow fetch of that sha; servers that refuse an unadvertised
+ * sha get a fetch of the branch instead, in which the commit must be found).
+ * Failures say whether a retry could help: an unreachable server is
+ * infrastructure, a commit that does not exist is the user's.
+ */
+import { execFile } from 'node:child_process';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadable } from 'node:stream/web';
+import { extractContext } from './build-context.js';
+import type { BuildSource } from './records.js';
+import { BuildError, type BuildLogger } from './types.js';
+
+/** Fills `dir` with the build's context; logs what it did. */
+export async function prepareSource(source: BuildSource, dir: string, log: BuildLogger, signal: AbortSignal): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  if (source.type === 'upload') await fetchUpload(source.url, dir, log, signal);
+  else await cloneCommit(source, dir, log, signal);
+}
+
+async function fetchUpload(url: string, dir: string, log: BuildLogger, signal: AbortSignal): Promise<void> {
+  let res: Response;
+  try {
+    res = await fetch(url, { signal });
+  } catch (err) {
+    throw new BuildError(`cannot fetch the build context from ${url}: ${causeOf(err)}`, 'infrastructure');
+  }
+  if (res.status === 404) throw new BuildError(`the build context is no longer stored at ${url}`, 'user');
+  if (!res.ok || !res.body) throw new BuildError(`fetching the build context from ${url} answered ${res.status}`, 'infrastructure');
+  const stats = await extractContext(Readable.fromWeb(res.body as WebReadable<Uint8Array>), dir).catch((err: unknown) => {
+    if (err instanceof BuildError) throw err;
+    throw new BuildError(`receiving the build context failed: ${causeOf(err)}`, 'infrastructure');
+  });
+  log.line(`context: ${stats.files} files, ${formatBytes(stats.bytes)}`);
+}
+
+/** Only these transports; `ext::` and friends run commands. */
+const GIT_URL = /^(https?|git|ssh|file):\/\/[^\s]+$|^[\w.-]+@[\w.-]+:[^\s]+$/;
+const SHA = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
+
+async function cloneCommit(src: Extract<BuildSource, { type: 'git' }>, dir: string, log: BuildLogger, signal: AbortSignal): Promise<void> {
+  if (!GIT_URL.test(src.url)) throw new BuildError(`not a git URL this builder clones from: ${src.url}`, 'user');
+  if (!SHA.test(src.sha)) throw new BuildError(`not a commit id: ${src.sha}`, 'user');
+  log.line(`git: fetching ${src.sha.slice(0, 12)} (${src.ref}) from ${src.url}`);
+  await git(['init', '-q', dir], signal);
+  await git(['-C', dir, 'remote', 'add', 'origin', src.url], signal);
+  const bySha = await git(['-C', dir, 'fetch', '-q', '--depth', '1', '--no-tags', 'origin', src.sha], signal).then(
+    () => null,
+    (err: Error) => err,
+  );
+  if (bySha) {
+    if (unreachable(bySha.message)) throw new BuildError(`cannot reach git repository ${src.url}: ${bySha.message}`, 'infrastructure');
+    const branch = src.ref.replace(/^refs\/heads\//, '');
+    await git(['-C', dir, 'fetch', '-q', '--no-tags', 'origin', `+refs/heads/${branch}:refs/remotes/origin/${branch}`], signal).catch((err: Error) => {
+      throw new BuildError(`cannot fetch branch ${branch} of ${src.url}: ${err.message}`, unreachable(err.message) ? 'infrastructure' : 'user');
+    });
+    const found = await git(['-C', dir, 'cat-file', '-e', `${src.sha}^{commit}`], signal).then(
+      () => true,
+      () => false,
+    );
+    if (!found) {
+      throw new BuildError(`commit ${src.sha} does not exist in ${src.url} (not fetchable by id, and not on branch ${branch})`, 'user');
+    }
+  }
+  await git(['-C', dir, '-c', 'advice.detachedHead=false', 'checkout', '-q', src.sha], signal).catch((err: Error) => {
+    throw new BuildError(`cannot check out ${src.sha} of ${src.url}: ${err.message}`, 'user');
+  });
+  // Like docker's git contexts: the build sees the tree, not the repository.
+  await rm(join(dir, '.git'), { recursive: true, force: true });
+  log.line(`git: checked out ${src.sha}`);
+}
+
+function unreachable(message: string): boolean {
+  return /unable to connect|Connection refused|Could not resolve host|timed out|Could not read from remote|unable to access/i.test(message) &&
+    !/not our ref|couldn't find remote ref|no such remote ref|upload-pack: not our ref/i.test(message);
+}
+
+function git(args: string[], signal: AbortSignal): Promise<string> {
+  return new Promise((ok, fail) => {
+    execFile(
+      'git',
+      ['-c', 'protocol.ext.allow=never', '-c', 'core.hooksPath=/dev/null', ...args],
+      { signal, env: { ...process.env, GIT_TERMINAL_PROMPT: '0', GIT_ASKPASS: 'true' }, maxBuffer: 16 << 20 },
+      (err, stdout, stderr) => {
+        if (err) {
+          const missing = (err as NodeJS.ErrnoException).code === 'ENOENT';
+          fail(new Error(missing ? 'git is not installed on this worker (apt-get install git)' : stderr.trim() || err.message));
+        } else ok(stdout);
+      },
+    );
+  });
+}
+
+function causeOf(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const cause = (err as Error & { cause?: unknown }).cause;
+  return cause instanceof Error ? `${err.message}: ${cause.message}` : err.message;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1 << 20) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / (1 << 20)).toFixed(1)} MiB`;
+}

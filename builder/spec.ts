@@ -1,0 +1,69 @@
+/*
+ * A build's options as query parameters of POST /api/builds, after docker's
+ * own /build endpoint: t (repeated), dockerfile, buildargs/labels (JSON
+ * objects), target, nocache, network, secrets (JSON array). The CLI writes
+ * them with `buildQuery`, the API reads them with `parseBuildQuery`.
+ */
+import type { BuildSpec } from './records.js';
+import type { BuildSecret } from './types.js';
+
+export class BadRequestError extends Error {}
+
+/** `HOST[:PORT]/name[:tag]`: builds push to a registry, so the host is required. */
+const REF_RE = /^(?:[a-z0-9.-]+|\[[0-9a-f:]+\])(?::\d+)?\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?$/;
+
+export function validateRef(ref: string): string {
+  if (!REF_RE.test(ref)) throw new BadRequestError(`invalid image reference ${JSON.stringify(ref)}: use HOST:PORT/repo:tag`);
+  return ref.includes(':', ref.indexOf('/')) ? ref : `${ref}:latest`;
+}
+
+export function buildQuery(spec: BuildSpec): URLSearchParams {
+  const q = new URLSearchParams();
+  for (const t of spec.tags) q.append('t', t);
+  q.set('dockerfile', spec.dockerfile);
+  if (Object.keys(spec.buildArgs).length) q.set('buildargs', JSON.stringify(spec.buildArgs));
+  if (Object.keys(spec.labels).length) q.set('labels', JSON.stringify(spec.labels));
+  if (spec.target) q.set('target', spec.target);
+  if (spec.noCache) q.set('nocache', '1');
+  q.set('network', spec.network);
+  if (spec.secrets.length) q.set('secrets', JSON.stringify(spec.secrets));
+  return q;
+}
+
+function jsonParam<T>(q: URLSearchParams, name: string, fallback: T, check: (v: unknown) => boolean): T {
+  const raw = q.get(name);
+  if (raw === null || raw === '') return fallback;
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    throw new BadRequestError(`${name} is not JSON: ${raw.slice(0, 80)}`);
+  }
+  if (!check(value)) throw new BadRequestError(`${name} has the wrong shape: ${raw.slice(0, 80)}`);
+  return value as T;
+}
+
+const stringMap = (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string');
+const secretList = (v: unknown) =>
+  Array.isArray(v) &&
+  v.every((s: Partial<BuildSecret>) => typeof s === 'object' && s !== null && typeof s.id === 'string' && (s.src === undefined || typeof s.src === 'string') && (s.env === undefined || typeof s.env === 'string'));
+
+export function parseBuildQuery(q: URLSearchParams): BuildSpec {
+  const tags = q.getAll('t').flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
+  if (tags.length === 0) throw new BadRequestError('a build needs at least one tag: t=HOST:PORT/repo:tag');
+  const dockerfile = q.get('dockerfile') || 'Dockerfile';
+  if (dockerfile.startsWith('/') || dockerfile.split('/').includes('..')) throw new BadRequestError(`dockerfile must be a path inside the context: ${dockerfile}`);
+  const network = q.get('network') || 'none';
+  if (network !== 'none' && network !== 'host') throw new BadRequestError(`network must be none or host, not ${network}`);
+  const nocache = q.get('nocache');
+  return {
+    tags: tags.map(validateRef),
+    dockerfile,
+    buildArgs: jsonParam(q, 'buildargs', {}, stringMap),
+    labels: jsonParam(q, 'labels', {}, stringMap),
+    target: q.get('target') || undefined,
+    noCache: nocache === '1' || nocache === 'true',
+    network,
+    secrets: jsonParam(q, 'secrets', [], secretList),
+  };
+}

@@ -1,0 +1,186 @@
+/*
+ * A builder worker: a BullMQ Worker on queue "builds" that, per job, fetches
+ * the context, calls the executor's build(), and keeps the record and the log
+ * up to date. Failure policy: a user's failure (BuildError 'user') and a cancel
+ * end the build at once (UnrecoverableError: BullMQ does not retry); anything
+ * else is infrastructure and is retried with exponential backoff until the
+ * job's attempts are used up. A worker that dies mid-build loses its lock; the
+ * stalled-job check of another worker puts the job back, and it runs again.
+ */
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { rm } from 'node:fs/promises';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { LogWriter } from './logs.js';
+import type { BuildJobData } from './queue.js';
+import { finishRecord, getRecord, isTerminal, updateRecord, type BuildFailure } from './records.js';
+import { QUEUE_NAME, connectRedis, keys, type BuilderSpace } from './redis.js';
+import { prepareSource } from './sources.js';
+import { BuildError, type BuildFunction, type BuildRequest, type BuildResult } from './types.js';
+
+export interface BuildWorkerOptions extends BuilderSpace {
+  build: BuildFunction;
+  /** The worker's directory: contexts, and the executor's own files. */
+  root: string;
+  concurrency?: number;
+  name?: string;
+  /** BullMQ lock and stalled-check timing (ms); short in tests. */
+  lockDuration?: number;
+  stalledInterval?: number;
+  /** Times a job may be recovered from a dead worker before it fails. Default 2. */
+  maxStalledCount?: number;
+  /** How often running builds look for a cancel flag besides the pub/sub message (ms). */
+  cancelPollMs?: number;
+  onError?: (err: unknown) => void;
+}
+
+export interface RunningWorker {
+  name: string;
+  worker: Worker;
+  /** Stops taking jobs; waits for running builds unless `force`. */
+  close(force?: boolean): Promise<void>;
+}
+
+export async function startBuildWorker(opts: BuildWorkerOptions): Promise<RunningWorker> {
+  const name = opts.name ?? `${hostname()}:${process.pid}`;
+  const redis = connectRedis(opts.redisUrl, `slipway-worker-${name}`);
+  const subscriber = connectRedis(opts.redisUrl, `slipway-worker-${name}-cancel`);
+  const active = new Map<string, AbortController>();
+  const cancelKey = keys(opts.prefix).cancel;
+  await subscriber.subscribe(cancelKey);
+  subscriber.on('message', (channel: string, id: string) => {
+    if (channel === cancelKey) active.get(id)?.abort();
+  });
+  const poll = setInterval(() => {
+    for (const [id, controller] of active) {
+      void redis.hget(keys(opts.prefix).record(id), 'cancelRequested').then((v) => v === '1' && controller.abort(), () => undefined);
+    }
+  }, opts.cancelPollMs ?? 2000);
+  poll.unref();
+
+  const processor = (job: Job<BuildJobData>) => runJob(job, { ...opts, name, redis, active });
+  // BullMQ leaves a connection it was given open on close(): closed below.
+  const bull = connectRedis(opts.redisUrl, `slipway-worker-${name}-bull`);
+  const worker = new Worker<BuildJobData>(QUEUE_NAME, processor, {
+    connection: bull,
+    prefix: opts.prefix,
+    name,
+    concurrency: opts.concurrency ?? 1,
+    lockDuration: opts.lockDuration ?? 30_000,
+    stalledInterval: opts.stalledInterval ?? 30_000,
+    maxStalledCount: opts.maxStalledCount ?? 2,
+  });
+  worker.on('error', (err) => opts.onError?.(err));
+  // Jobs BullMQ failed itself (stalled too often) never reached runJob's catch.
+  worker.on('failed', (job, err) => {
+    if (!job?.id || !(err.message || '').includes('stalled')) return;
+    void settle(redis, opts.prefix, job.id, 'failed', { message: err.message, kind: 'infrastructure' }).catch(() => undefined);
+  });
+  await worker.waitUntilReady();
+  return {
+    name,
+    worker,
+    close: async (force = false) => {
+      clearInterval(poll);
+      await worker.close(force);
+      bull.disconnect();
+      subscriber.disconnect();
+      redis.disconnect();
+    },
+  };
+}
+
+interface JobContext extends BuildWorkerOptions {
+  name: string;
+  redis: Redis;
+  active: Map<string, AbortController>;
+}
+
+async function runJob(job: Job<BuildJobData>, ctx: JobContext): Promise<{ imageDigest: string }> {
+  const id = job.id!;
+  const { redis, prefix } = ctx;
+  const record = await getRecord(redis, prefix, id);
+  if (!record) throw new UnrecoverableError(`build ${id} has no record`);
+  if (isTerminal(record.status)) throw new UnrecoverableError(`build ${id} is already ${record.status}`);
+  const controller = new AbortController();
+  ctx.active.set(id, controller);
+  if (record.cancelRequested) controller.abort();
+  const attempt = record.attempts + 1;
+  const log = new LogWriter(redis, prefix, id);
+  const dir = join(ctx.root, 'contexts', id);
+  const now = new Date();
+  await updateRecord(redis, prefix, id, {
+    status: 'running',
+    attempts: attempt,
+    worker: ctx.name,
+    startedAt: record.startedAt ?? now.toISOString(),
+    queuedMs: record.queuedMs ?? now.getTime() - Date.parse(record.createdAt),
+  });
+  if (record.status === 'running') log.line(`--- worker ${record.worker ?? '?'} stopped during the build; started again on ${ctx.name}`);
+  else if (attempt > 1) log.line(`--- attempt ${attempt} of ${job.opts.attempts ?? 1} on ${ctx.name}`);
+  log.status('running', { attempt, worker: ctx.name });
+  try {
+    await prepareSource(job.data.source, dir, log, controller.signal);
+    const request: BuildRequest = { id, contextDir: dir, ...job.data.spec };
+    const result = await ctx.build(request, log, { workerRoot: ctx.root, signal: controller.signal, redisUrl: ctx.redisUrl });
+    if (controller.signal.aborted) throw new BuildError('the build was cancelled', 'user');
+    await succeed(log, ctx, id, result);
+    await dropContext(job.data.source);
+    return { imageDigest: result.imageDigest };
+  } catch (err) {
+    const toThrow = await failure(err, { job, ctx, log, cancelled: controller.signal.aborted });
+    const after = await getRecord(redis, prefix, id);
+    if (!after || isTerminal(after.status)) await dropContext(job.data.source);
+    throw toThrow;
+  } finally {
+    ctx.active.delete(id);
+    await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
+async function succeed(log: LogWriter, ctx: JobContext, id: string, result: BuildResult): Promise<void> {
+  log.line(`built ${result.imageDigest} → ${result.tags.join(', ')} (${result.cacheHits} cached steps, ${(result.durationMs / 1000).toFixed(2)} s)`);
+  for (const step of result.steps) log.step(step);
+  await log.flush();
+  const fields = { imageDigest: result.imageDigest, cacheHits: result.cacheHits };
+  if (await finishRecord(ctx.redis, ctx.prefix, id, 'succeeded', fields)) await log.end('succeeded', { imageDigest: result.imageDigest });
+}
+
+/** A finished build's uploaded context is no longer needed; the API removes it on DELETE. */
+async function dropContext(source: BuildJobData['source']): Promise<void> {
+  if (source.type === 'upload') await fetch(source.url, { method: 'DELETE' }).then((r) => r.body?.cancel(), () => undefined);
+}
+
+/** Records the outcome of a failed attempt; returns what to throw to BullMQ. */
+async function failure(err: unknown, at: { job: Job<BuildJobData>; ctx: JobContext; log: LogWriter; cancelled: boolean }): Promise<Error> {
+  const { job, ctx, log } = at;
+  const id = job.id!;
+  if (at.cancelled) {
+    await settle(ctx.redis, ctx.prefix, id, 'cancelled', { message: 'cancelled while running', kind: 'cancelled' }, log);
+    return new UnrecoverableError('cancelled');
+  }
+  const be = err instanceof BuildError ? err : new BuildError(err instanceof Error ? err.message : String(err), 'infrastructure');
+  const lastLines = be.detail.lastLines ?? log.lastLines();
+  const failureInfo: BuildFailure = { message: be.message, kind: be.kind, exitCode: be.detail.exitCode, line: be.detail.line, lastLines };
+  const maxAttempts = job.opts.attempts ?? 1;
+  const final = be.kind === 'user' || job.attemptsMade + 1 >= maxAttempts;
+  log.line(`error: ${be.message}${be.detail.exitCode !== undefined ? ` (exit code ${be.detail.exitCode})` : ''}`);
+  if (final) {
+    await settle(ctx.redis, ctx.prefix, id, 'failed', failureInfo, log);
+    return be.kind === 'user' ? new UnrecoverableError(be.message) : be;
+  }
+  const delay = (typeof job.opts.backoff === 'object' ? (job.opts.backoff.delay ?? 0) : 0) * 2 ** job.attemptsMade;
+  log.line(`infrastructure failure; retrying in ${(delay / 1000).toFixed(1)} s (attempt ${job.attemptsMade + 2} of ${maxAttempts})`);
+  await log.flush();
+  await updateRecord(ctx.redis, ctx.prefix, id, { status: 'queued', error: failureInfo });
+  log.status('queued');
+  await log.flush();
+  return be;
+}
+
+/** Finishes a record once and writes the log's end entry. */
+async function settle(redis: Redis, prefix: string, id: string, status: 'failed' | 'cancelled', error: BuildFailure, log = new LogWriter(redis, prefix, id)): Promise<void> {
+  await log.flush();
+  if (await finishRecord(redis, prefix, id, status, { error })) await log.end(status, { error });
+}
