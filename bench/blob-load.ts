@@ -60,6 +60,18 @@ export async function pullBlob(agent: Agent, base: string, repo: string, blob: P
   if (reply.bytes !== blob.size) throw new Error(`GET ${blob.digest}: ${reply.bytes} bytes, expected ${blob.size}`);
 }
 
+/**
+ * GET a blob from a registry that redirects (307 to a presigned storage URL), then GET that
+ * URL as docker does; fails unless every byte arrived.
+ */
+export async function pullRedirected(agent: Agent, storageAgent: Agent, base: string, repo: string, blob: Payload): Promise<void> {
+  const reply = expectStatus(await send(agent, new URL(`/v2/${repo}/blobs/${blob.digest}`, base), { method: 'GET' }), 307, `GET ${blob.digest} (redirect)`);
+  const to = reply.headers.location;
+  if (!to) throw new Error(`GET ${blob.digest}: 307 without a Location`);
+  const data = expectStatus(await send(storageAgent, new URL(to, base), { method: 'GET' }), 200, `GET ${blob.digest} from storage`);
+  if (data.bytes !== blob.size) throw new Error(`GET ${blob.digest} from storage: ${data.bytes} bytes, expected ${blob.size}`);
+}
+
 /** GET a blob and check its digest (outside timed sections). */
 export async function verifyBlob(agent: Agent, base: string, repo: string, blob: Payload): Promise<void> {
   const hash = createHash('sha256');

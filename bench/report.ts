@@ -76,23 +76,26 @@ export interface CpuSample {
   clientCpu: number;
   /** CPU seconds of the registry process during the timed section. */
   serverCpu: number;
+  /** CPU seconds of the storage server (S3: radosgw, OSD, monitor) during the timed section. */
+  storageCpu?: number;
 }
 
-/** Cores busy, on average, during each phase: shows whether the client or the server was the limit. */
+/** Cores busy, on average, during each phase: shows whether the client, the server or (S3) the storage was the limit. */
 export function cpuTable(samples: readonly CpuSample[]): string {
   const phases = [...new Set(samples.map((s) => s.phase))];
+  const withStorage = samples.some((s) => s.storageCpu !== undefined);
   const cell = (phase: string, registry: RegistryName) => {
     const own = samples.filter((s) => s.phase === phase && s.registry === registry);
     const wall = own.reduce((n, s) => n + s.wallSeconds, 0);
-    if (wall === 0) return '– | –';
+    if (wall === 0) return withStorage ? '– | – | –' : '– | –';
     const client = own.reduce((n, s) => n + s.clientCpu, 0) / wall;
     const server = own.reduce((n, s) => n + s.serverCpu, 0) / wall;
+    const storage = own.reduce((n, s) => n + (s.storageCpu ?? NaN), 0) / wall;
     const cores = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : '–');
-    return `${cores(client)} | ${cores(server)}`;
+    return withStorage ? `${cores(client)} | ${cores(server)} | ${cores(storage)}` : `${cores(client)} | ${cores(server)}`;
   };
-  return [
-    '| phase | client cores (vs distribution) | distribution cores | client cores (vs slipway) | slipway cores |',
-    '|---|---:|---:|---:|---:|',
-    ...phases.map((p) => `| ${p} | ${cell(p, 'distribution')} | ${cell(p, 'slipway')} |`),
-  ].join('\n');
+  const head = withStorage
+    ? ['| phase | client cores (vs distribution) | distribution cores | radosgw cores (distribution) | client cores (vs slipway) | slipway cores | radosgw cores (slipway) |', '|---|---:|---:|---:|---:|---:|---:|']
+    : ['| phase | client cores (vs distribution) | distribution cores | client cores (vs slipway) | slipway cores |', '|---|---:|---:|---:|---:|'];
+  return [...head, ...phases.map((p) => `| ${p} | ${cell(p, 'distribution')} | ${cell(p, 'slipway')} |`)].join('\n');
 }

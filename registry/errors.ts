@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   InvalidDigestError,
   ManifestInvalidError,
+  StorageUnavailableError,
   StoreError,
   type StoreErrorKind,
 } from '../storage/index.js';
@@ -26,6 +27,7 @@ export const ERROR_CODES = {
   DENIED: { status: 403, message: 'requested access to the resource is denied' },
   UNSUPPORTED: { status: 405, message: 'the operation is unsupported' },
   TOOMANYREQUESTS: { status: 429, message: 'too many requests' },
+  UNAVAILABLE: { status: 503, message: 'storage is unavailable; try again later' },
   NOT_FOUND: { status: 404, message: 'no such endpoint' },
   UNKNOWN: { status: 500, message: 'unknown error' },
 } as const;
@@ -63,12 +65,30 @@ export function toRegistryError(err: unknown): RegistryError | null {
   if (err instanceof StoreError) return new RegistryError(STORE_TO_CODE[err.kind], err.detail, err.message);
   if (err instanceof InvalidDigestError) return new RegistryError('DIGEST_INVALID', undefined, err.message);
   if (err instanceof ManifestInvalidError) return new RegistryError('MANIFEST_INVALID', undefined, err.message);
+  if (err instanceof StorageUnavailableError) {
+    return new RegistryError('UNAVAILABLE', { reason: err.reason }, `storage unavailable: ${err.message}`, { 'Retry-After': String(err.retryAfter) });
+  }
   return null;
+}
+
+/** Storage outages are logged, but once per this many ms, not once per failed request. */
+const OUTAGE_LOG_EVERY_MS = 10_000;
+let lastOutageLog = 0;
+let outagesSinceLog = 0;
+
+function logOutage(err: StorageUnavailableError, log: (err: unknown) => void): void {
+  outagesSinceLog++;
+  const now = Date.now();
+  if (now - lastOutageLog < OUTAGE_LOG_EVERY_MS) return;
+  log(`answering 503 (${outagesSinceLog} request(s) since the last such line): ${err.message}`);
+  lastOutageLog = now;
+  outagesSinceLog = 0;
 }
 
 /** The one place that writes `{"errors":[…]}`. */
 export function writeError(err: unknown, req: IncomingMessage, res: ServerResponse, log: (err: unknown) => void): void {
   const known = toRegistryError(err);
+  if (err instanceof StorageUnavailableError) logOutage(err, log);
   if (!known) {
     const aborted = req.destroyed || (err as NodeJS.ErrnoException)?.code === 'ECONNRESET' || (err as Error)?.name === 'AbortError';
     if (!aborted) log(err);

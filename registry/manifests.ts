@@ -62,8 +62,8 @@ async function negotiate(ctx: RouteContext, stored: StoredManifest, accept: stri
 
 export const getManifest: Handler = async (ctx, req, res) => {
   const ref = parseReference(ctx.param);
-  const digest: Digest = 'digest' in ref ? ref.digest : await ctx.store.manifests.resolve(ctx.name, ref.tag);
-  const stored = await negotiate(ctx, await ctx.store.manifests.get(ctx.name, digest), acceptedTypes(req));
+  const found = 'digest' in ref ? await ctx.store.manifests.get(ctx.name, ref.digest) : await ctx.store.manifests.getTagged(ctx.name, ref.tag);
+  const stored = await negotiate(ctx, found, acceptedTypes(req));
   res.setHeader('Content-Type', stored.parsed.mediaType);
   res.setHeader('Docker-Content-Digest', stored.digest);
   res.setHeader('ETag', `"${stored.digest}"`);

@@ -36,6 +36,16 @@ export class ManifestStore {
     return (await this.driver.stat(paths.revisionLink(repo, digest))) !== null;
   }
 
+  /**
+   * The manifest a tag points at. The tag's link is read every time (so a moved
+   * tag is seen at once); the revision check of get() is skipped because a
+   * revision loses its tags before it is removed.
+   */
+  async getTagged(repo: string, tag: string): Promise<StoredManifest> {
+    const digest = await this.resolve(repo, tag);
+    return this.cache.get(digest.value) ?? this.get(repo, digest);
+  }
+
   async get(repo: string, digest: Digest): Promise<StoredManifest> {
     if (!(await this.exists(repo, digest))) throw unknownManifest(repo, digest.value);
     const cached = this.cache.get(digest.value);

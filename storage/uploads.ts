@@ -1,7 +1,7 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { StorageDriver } from './driver.js';
+import { PathNotFoundError, type StorageDriver } from './driver.js';
 import { HashingStream, type Digest } from './digest.js';
 import { StoreError } from './errors.js';
 import { claimBlob } from './gc-guard.js';
@@ -69,7 +69,8 @@ export class UploadStore {
     let raw: Buffer;
     try {
       raw = await this.driver.getContent(paths.uploadState(repo, uuid));
-    } catch {
+    } catch (err) {
+      if (!(err instanceof PathNotFoundError)) throw err;
       throw unknownUpload(uuid);
     }
     const data = await this.driver.stat(paths.uploadData(repo, uuid));

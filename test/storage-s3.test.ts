@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, before, describe, test } from 'node:test';
 import { S3Driver, checkIntegrity, createDriver, createStore, isStoreError, parseDigest, purgeUploads, type S3Options } from '../storage/index.js';
@@ -76,6 +76,30 @@ describe('S3 driver specifics', () => {
     assert.ok(Buffer.concat(got).equals(bytes));
     assert.equal(await d.stat('/big/src'), null);
     assert.deepEqual(await incompleteUploads(bucket), []);
+  });
+
+  test('copyTo: ranges of a plain file, a chunked file (the reader path), and a destination that closes early', async () => {
+    const d = await driverOn(bucket);
+    const bytes = randomBytes(3 * MiB + 5);
+    await d.putContent('/copy/plain', bytes);
+    const w = await d.writer('/copy/chunked', { append: true });
+    await pipeline(Readable.from([bytes.subarray(0, MiB)]), w);
+    const w2 = await d.writer('/copy/chunked', { append: true });
+    await pipeline(Readable.from([bytes.subarray(MiB)]), w2);
+    const collect = async (path: string, offset: number, length: number): Promise<Buffer> => {
+      const chunks: Buffer[] = [];
+      const sink = new Writable({ write: (c: Buffer, _e, cb) => (chunks.push(Buffer.from(c)), cb()) });
+      await d.copyTo(path, sink, { offset, length });
+      return Buffer.concat(chunks);
+    };
+    for (const path of ['/copy/plain', '/copy/chunked']) {
+      assert.ok((await collect(path, 0, bytes.length)).equals(bytes), path);
+      assert.ok((await collect(path, 1000, 2 * MiB)).equals(bytes.subarray(1000, 1000 + 2 * MiB)), `${path}, a range`);
+    }
+    const slow = new Writable({ highWaterMark: 1, write: (_c, _e, cb) => setTimeout(cb, 5) });
+    const copying = d.copyTo('/copy/plain', slow, { offset: 0, length: bytes.length });
+    setTimeout(() => slow.destroy(), 50);
+    await assert.rejects(copying, (e: Error) => e.name === 'AbortError');
   });
 
   test('a writer destroyed mid-way aborts its multipart upload and leaves no object', async () => {

@@ -1,13 +1,11 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { openSync, closeSync } from 'node:fs';
 import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Client } from 'minio';
+import { cephConf, daemon, freePort, run, waitHttp } from './ceph-cluster.js';
 
 /*
  * A throw-away single-node Ceph cluster with radosgw on loopback, for the S3
@@ -26,7 +24,6 @@ export const SHARED_S3_ENV = {
 } as const;
 export const CEPH_PACKAGES = 'ceph-mon ceph-osd radosgw ceph-common';
 const BINARIES = ['/usr/bin/ceph-mon', '/usr/bin/ceph-osd', '/usr/bin/radosgw', '/usr/bin/radosgw-admin', '/usr/bin/ceph', '/usr/bin/monmaptool'];
-const READY_TIMEOUT_MS = 60_000;
 
 export interface S3Server {
   /** http://127.0.0.1:PORT */
@@ -42,6 +39,26 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
+/**
+ * A radosgw this process started, with the faults a test can cause: `pause()`
+ * stops the gateway process (SIGSTOP: connections are accepted by the kernel
+ * but nothing answers, a real hang), `resume()` continues it; `stopGateway()`
+ * kills it (connections refused), `startGateway()` starts it again on the same
+ * port and data (the monitor and OSD keep running). Only radosgw's own PID is
+ * signalled.
+ */
+export interface LocalS3Server extends S3Server {
+  dir: string;
+  pause(): void;
+  resume(): void;
+  stopGateway(): Promise<void>;
+  startGateway(): Promise<void>;
+  /** Runs radosgw-admin against this cluster (e.g. `user suspend --uid slipway`). */
+  admin(args: string[]): Promise<string>;
+  /** PIDs of the cluster's daemons (monitor, gateway, OSD), e.g. for CPU accounting. */
+  pids(): number[];
+}
+
 /** A bucket name no other test uses. */
 export const randomBucket = (label = 't'): string => `slipway-${label}-${randomBytes(5).toString('hex')}`;
 
@@ -53,105 +70,8 @@ export async function ensureCephInstalled(): Promise<void> {
   }
 }
 
-/** A loopback port nothing listens on now (radosgw segfaults if its port is taken). */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((ok, fail) => server.once('error', fail).listen(0, '127.0.0.1', () => ok()));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((ok) => server.close(() => ok()));
-  return port;
-}
-
-function cephConf(dir: string, fsid: string, monPort: number, rgwPort: number): string {
-  return `[global]
-fsid = ${fsid}
-mon_host = [v2:127.0.0.1:${monPort}]
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
-auth_cluster_required = none
-auth_service_required = none
-auth_client_required = none
-ms_bind_msgr1 = false
-ms_cluster_mode = crc
-ms_service_mode = crc
-ms_client_mode = crc
-ms_mon_cluster_mode = crc
-ms_mon_service_mode = crc
-ms_mon_client_mode = crc
-ms_bind_port_min = 6800
-ms_bind_port_max = 7300
-osd_pool_default_size = 1
-osd_pool_default_min_size = 1
-mon_allow_pool_size_one = true
-osd_crush_chooseleaf_type = 0
-osd_pool_default_pg_num = 8
-osd_pool_default_pgp_num = 8
-osd_pool_default_pg_autoscale_mode = off
-mon_max_pg_per_osd = 1000
-mon_data_avail_crit = 1
-paxos_propose_interval = 0.01
-mon_tick_interval = 1
-objecter_tick_interval = 0.5
-run_dir = ${dir}/run
-admin_socket = ${dir}/run/$name.asok
-pid_file = ${dir}/run/$name.pid
-log_file = ${dir}/log/$name.log
-keyring = ${dir}/keyring
-mon_data = ${dir}/mon/$name
-osd_data = ${dir}/osd/$name
-osd_objectstore = bluestore
-bluestore_block_path = ${dir}/osd/$name.block
-bluestore_block_size = 21474836480
-bluestore_block_create = true
-osd_memory_target = 939524096
-
-[client.rgw]
-rgw_frontends = beast endpoint=127.0.0.1:${rgwPort} tcp_nodelay=1
-rgw_data = ${dir}/rgw
-rgw_gc_obj_min_wait = 5
-rgw_gc_processor_period = 5
-rgw_gc_processor_max_time = 5
-`;
-}
-
-/** Runs a ceph tool to completion; rejects with its output. */
-function run(bin: string, args: string[], timeoutMs = 30_000): Promise<string> {
-  return new Promise((ok, fail) => {
-    execFile(bin, args, { timeout: timeoutMs }, (err, stdout, stderr) => {
-      if (err) fail(new Error(`${bin} ${args.join(' ')} failed: ${err.message}\n${stderr}`));
-      else ok(stdout);
-    });
-  });
-}
-
-/** Starts a daemon in the foreground, its output in DIR/log/NAME.out; says so if it dies on its own. */
-function daemon(dir: string, name: string, bin: string, args: string[]): ChildProcess {
-  const out = openSync(join(dir, 'log', `${name}.out`), 'a');
-  const child = spawn(bin, args, { stdio: ['ignore', out, out] });
-  closeSync(out);
-  child.once('exit', (code, signal) => {
-    if (signal !== 'SIGKILL') process.stderr.write(`radosgw harness: ${bin} exited (${code ?? signal}); logs in ${dir}/log\n`);
-  });
-  return child;
-}
-
-async function waitHttp(port: number, children: ChildProcess[], dir: string): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    const dead = children.find((c) => c.exitCode !== null || c.signalCode !== null);
-    if (dead) throw new Error(`${dead.spawnfile} exited (${dead.exitCode ?? dead.signalCode}) while the cluster started; logs in ${dir}/log`);
-    const up = await fetch(`http://127.0.0.1:${port}/`, { signal: AbortSignal.timeout(1000) }).then(
-      () => true,
-      () => false,
-    );
-    if (up) return;
-    await sleep(100);
-  }
-  throw new Error(`radosgw did not answer on 127.0.0.1:${port} within ${READY_TIMEOUT_MS / 1000}s; logs in ${dir}/log`);
-}
-
 /** Starts mon, radosgw and OSD (in that order: radosgw creates its pools while the OSD comes up). */
-export async function startRadosgw(): Promise<S3Server> {
+export async function startRadosgw(): Promise<LocalS3Server> {
   await ensureCephInstalled();
   const dir = await mkdtemp(join(tmpdir(), 'slipway-rgw-'));
   const children: ChildProcess[] = [];
@@ -177,7 +97,9 @@ export async function startRadosgw(): Promise<S3Server> {
     await run('/usr/bin/monmaptool', ['--create', '--fsid', fsid, '--addv', 'a', `[v2:127.0.0.1:${monPort}]`, join(dir, 'monmap')]);
     await run('/usr/bin/ceph-mon', ['-c', conf, '--mkfs', '-i', 'a', '--monmap', join(dir, 'monmap')]);
     children.push(daemon(dir, 'mon', '/usr/bin/ceph-mon', ['-f', '-c', conf, '-i', 'a']));
-    children.push(daemon(dir, 'rgw', '/usr/bin/radosgw', ['-f', '-c', conf, '-n', 'client.rgw']));
+    const rgwArgs = ['-f', '-c', conf, '-n', 'client.rgw'];
+    children.push(daemon(dir, 'rgw', '/usr/bin/radosgw', rgwArgs));
+    const RGW = 1; // index of radosgw in children
     const osdUuid = randomUUID();
     const id = (await run('/usr/bin/ceph', ['-c', conf, '--connect-timeout', '30', 'osd', 'new', osdUuid])).trim();
     await mkdir(join(dir, 'osd', `osd.${id}`));
@@ -187,7 +109,29 @@ export async function startRadosgw(): Promise<S3Server> {
     const accessKey = `SLIPWAY${randomBytes(6).toString('hex').toUpperCase()}`;
     const secretKey = randomBytes(20).toString('hex');
     await run('/usr/bin/radosgw-admin', ['-c', conf, '-n', 'client.rgw', 'user', 'create', '--uid', 'slipway', '--display-name', 'slipway tests', '--access-key', accessKey, '--secret-key', secretKey]);
-    return s3Server(`http://127.0.0.1:${rgwPort}`, accessKey, secretKey, stop);
+    const gateway = (): ChildProcess => children[RGW]!;
+    const alive = (c: ChildProcess) => c.exitCode === null && c.signalCode === null;
+    const admin = (args: string[]) => run('/usr/bin/radosgw-admin', ['-c', conf, '-n', 'client.rgw', ...args]);
+    return {
+      ...s3Server(`http://127.0.0.1:${rgwPort}`, accessKey, secretKey, stop),
+      dir,
+      admin,
+      pids: () => children.filter(alive).map((c) => c.pid!),
+      pause: () => void (alive(gateway()) && gateway().kill('SIGSTOP')),
+      resume: () => void (alive(gateway()) && gateway().kill('SIGCONT')),
+      stopGateway: async () => {
+        const g = gateway();
+        if (!alive(g)) return;
+        const exited = new Promise((r) => g.once('exit', r));
+        g.kill('SIGKILL');
+        await exited;
+      },
+      startGateway: async () => {
+        if (alive(gateway())) throw new Error('radosgw is still running; stopGateway() first');
+        children[RGW] = daemon(dir, 'rgw', '/usr/bin/radosgw', rgwArgs);
+        await waitHttp(rgwPort, children, dir);
+      },
+    };
   } catch (err) {
     const log = await readFile(join(dir, 'log', 'rgw.out'), 'utf8').catch(() => '');
     await stop();
