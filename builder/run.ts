@@ -119,11 +119,22 @@ function spawnRunc(r: RunRequest): Promise<RunOutcome> {
     rl.on('line', take);
     return new Promise<void>((resolve) => rl.once('close', () => resolve()));
   });
-  const kill = () => void spawn(r.runc, ['--root', r.runcRoot, 'kill', r.id, 'KILL'], { stdio: 'ignore' }).on('error', () => undefined);
+  // A cancel can land before runc has created the container, when `runc kill`
+  // finds nothing to signal: keep trying until `runc run` has exited.
+  let exited = false;
+  let retry: NodeJS.Timeout | undefined;
+  const kill = (): void => {
+    if (exited) return;
+    spawn(r.runc, ['--root', r.runcRoot, 'kill', r.id, 'KILL'], { stdio: 'ignore' }).on('error', () => undefined);
+    retry = setTimeout(kill, 250);
+  };
   r.signal?.addEventListener('abort', kill, { once: true });
+  if (r.signal?.aborted) kill();
   return new Promise<RunOutcome>((resolve) => {
     child.once('error', (err) => resolve({ exitCode: 127, startError: `cannot start runc: ${err.message}`, lastLines: last }));
     child.once('exit', (code, sig) => {
+      exited = true;
+      clearTimeout(retry);
       r.signal?.removeEventListener('abort', kill);
       void Promise.all(streams).then(async () => {
         const exitCode = code ?? 128 + (sig === 'SIGKILL' ? 9 : 15);

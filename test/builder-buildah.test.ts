@@ -11,7 +11,8 @@ import { requireRoot } from './harness/runner.js';
  * types, modes, sizes, owners, link targets; not times) and the same Env, Cmd, Entrypoint,
  * WorkingDir, User and ExposedPorts.
  */
-const skip = requireRoot() ?? (hasBuildah() ? undefined : 'buildah is not installed (apt-get install buildah)');
+const skip = requireRoot();
+if (!hasBuildah()) throw new Error('buildah is not installed: apt-get install buildah (test/run.sh installs it)');
 let env: BuildEnv;
 let storage: string[];
 

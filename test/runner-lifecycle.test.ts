@@ -261,7 +261,7 @@ function httpGet(url: string): Promise<string> {
   });
 }
 
-describe('slipway CLI end to end: an image pushed to the registry, pulled and run', { skip: requireRoot() ?? (existsSync('/usr/bin/skopeo') ? undefined : 'needs skopeo') }, () => {
+describe('slipway CLI end to end: an image pushed to the registry, pulled and run', { skip: requireRoot() ?? (existsSync('/usr/bin/skopeo') ? undefined : assert.fail('needs skopeo: apt-get install skopeo')) }, () => {
   let registry: RegistryProcess;
   let work: string;
   let env: NodeJS.ProcessEnv;
@@ -322,7 +322,7 @@ describe('slipway CLI end to end: an image pushed to the registry, pulled and ru
     assert.match(removed.stdout, /Untagged: /);
   });
 
-  test('run -it gets a terminal (runc on the caller\'s terminal, here one made by script(1))', { skip: existsSync('/usr/bin/script') ? undefined : 'needs script (bsdutils)' }, async () => {
+  test('run -it gets a terminal (runc on the caller\'s terminal, here one made by script(1))', { skip: existsSync('/usr/bin/script') ? undefined : assert.fail('needs script(1): apt-get install bsdutils') }, async () => {
     const command = [process.execPath, RUNNER_CLI, 'run', '-it', '--rm', '--network', 'none', ref, 'sh', '-c', 'tty; exit 5'].map((a) => `'${a}'`).join(' ');
     const r = await execFileP('/usr/bin/script', ['-qec', command, '/dev/null'], { env, timeout: 60_000 }).then(
       (ok) => ({ code: 0, stdout: ok.stdout }),

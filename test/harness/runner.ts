@@ -17,9 +17,13 @@ import { CLI, tempDir } from './registry.js';
 
 export const BUSYBOX = '/bin/busybox';
 
-export function requireRoot(): string | undefined {
-  if (process.getuid?.() !== 0) return 'needs root (runc, mounts, cgroups)';
-  if (!existsSync(BUSYBOX)) return `${BUSYBOX} is missing: apt-get install busybox-static`;
+/**
+ * Fails (never skips) when the machine cannot run these tests, saying what to do;
+ * returns undefined so it can stand as a test's `skip` option.
+ */
+export function requireRoot(): undefined {
+  if (process.getuid?.() !== 0) throw new Error('these tests need root (runc, mounts, cgroups): run them as root');
+  if (!existsSync(BUSYBOX)) throw new Error(`${BUSYBOX} is missing: apt-get install busybox-static`);
   return undefined;
 }
 
