@@ -54,7 +54,10 @@ export function buildsRouter(queue: BuildQueue, opts: Pick<BuilderRoutesOptions,
     if (declared > limit) throw new ContextTooLargeError(limit);
     await pingRedis(queue.redis, opts.redisUrl);
     const id = newBuildId();
-    const stored = await storeContext(opts.store, id, req, limit);
+    // A client that goes away mid-upload leaves nothing behind: the stored part is cancelled.
+    const gone = new AbortController();
+    req.on('close', () => req.complete || gone.abort());
+    const stored = await storeContext(opts.store, id, req, limit, gone.signal);
     const base = opts.publicUrl ?? `${req.protocol}://${req.get('host')}`;
     const source = { type: 'upload' as const, url: `${base.replace(/\/$/, '')}/api/builds/${id}/context`, ...stored };
     const record = await queue.enqueue(spec, source, 'api', id).catch(async (err: unknown) => {

@@ -87,7 +87,9 @@ function decode(hash: Record<string, string>): Stored {
 
 export async function createRecord(redis: Redis, prefix: string, record: Omit<BuildRecord, 'steps'>): Promise<void> {
   const k = keys(prefix);
-  await redis.multi().hset(k.record(record.id), ...encode(record)).zadd(k.index, Date.parse(record.createdAt), record.id).exec();
+  // A counter, not the time, orders the index: two builds created in the same ms keep their order.
+  const seq = await redis.incr(k.sequence);
+  await redis.multi().hset(k.record(record.id), ...encode(record)).zadd(k.index, seq, record.id).exec();
 }
 
 export async function getRecord(redis: Redis, prefix: string, id: string): Promise<BuildRecord | null> {

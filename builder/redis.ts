@@ -4,7 +4,8 @@
  *
  * Keys (every one under a prefix, default "slipway", so several installations
  * or test runs can share one Redis):
- *   <prefix>:build-index            ZSET   build ids scored by creation time (ms)
+ *   <prefix>:build-index            ZSET   build ids scored by creation order
+ *   <prefix>:build-sequence         STRING the last creation order given out
  *   <prefix>:build:<id>             HASH   the build record (records.ts)
  *   <prefix>:build:<id>:steps       HASH   step index → BuildStep JSON
  *   <prefix>:build:<id>:log         STREAM log entries {t: line|step|status|end, d} (logs.ts)
@@ -31,6 +32,7 @@ export interface BuilderSpace {
 
 export const keys = (prefix: string) => ({
   index: `${prefix}:build-index`,
+  sequence: `${prefix}:build-sequence`,
   record: (id: string) => `${prefix}:build:${id}`,
   steps: (id: string) => `${prefix}:build:${id}:steps`,
   log: (id: string) => `${prefix}:build:${id}:log`,
@@ -84,11 +86,13 @@ export async function checkRedis(url: string, timeoutMs = 3000): Promise<void> {
 
 /** PING on an existing connection, failing fast instead of waiting for a reconnect. */
 export async function pingRedis(redis: Redis, url: string, timeoutMs = 2000): Promise<void> {
-  if (redis.status !== 'ready') throw new RedisUnreachableError(url, lastErrors.get(redis) ?? `connection ${redis.status}`);
+  // A connection that failed before fails fast; one still being made is given the time.
+  const failed = lastErrors.get(redis);
+  if (redis.status !== 'ready' && failed) throw new RedisUnreachableError(url, failed);
   try {
     await withTimeout(redis.ping(), timeoutMs, () => `no answer within ${timeoutMs} ms`);
   } catch (err) {
-    throw new RedisUnreachableError(url, err instanceof Error ? err.message : String(err));
+    throw new RedisUnreachableError(url, lastErrors.get(redis) ?? (err instanceof Error ? err.message : String(err)));
   }
 }
 

@@ -102,25 +102,30 @@ async function runJob(job: Job<BuildJobData>, ctx: JobContext): Promise<{ imageD
   const { redis, prefix } = ctx;
   const record = await getRecord(redis, prefix, id);
   if (!record) throw new UnrecoverableError(`build ${id} has no record`);
+  // Back from a stall after it had finished (e.g. Redis went away before BullMQ heard of
+  // the result): the queue learns the outcome the record already has; nothing runs again.
+  if (record.status === 'succeeded') return { imageDigest: record.imageDigest ?? '' };
   if (isTerminal(record.status)) throw new UnrecoverableError(`build ${id} is already ${record.status}`);
   const controller = new AbortController();
-  ctx.active.set(id, controller);
   if (record.cancelRequested) controller.abort();
   const attempt = record.attempts + 1;
   const log = new LogWriter(redis, prefix, id);
   const dir = join(ctx.root, 'contexts', id);
   const now = new Date();
-  await updateRecord(redis, prefix, id, {
-    status: 'running',
-    attempts: attempt,
-    worker: ctx.name,
-    startedAt: record.startedAt ?? now.toISOString(),
-    queuedMs: record.queuedMs ?? now.getTime() - Date.parse(record.createdAt),
-  });
-  if (record.status === 'running') log.line(`--- worker ${record.worker ?? '?'} stopped during the build; started again on ${ctx.name}`);
-  else if (attempt > 1) log.line(`--- attempt ${attempt} of ${job.opts.attempts ?? 1} on ${ctx.name}`);
-  log.status('running', { attempt, worker: ctx.name });
+  ctx.active.set(id, controller);
   try {
+    // False when the record ended meanwhile (a cancel that won the race): then nothing runs.
+    const claimed = await updateRecord(redis, prefix, id, {
+      status: 'running',
+      attempts: attempt,
+      worker: ctx.name,
+      startedAt: record.startedAt ?? now.toISOString(),
+      queuedMs: record.queuedMs ?? now.getTime() - Date.parse(record.createdAt),
+    });
+    if (!claimed) controller.abort();
+    if (record.status === 'running') log.line(`--- worker ${record.worker ?? '?'} stopped during the build; started again on ${ctx.name}`);
+    else if (attempt > 1) log.line(`--- attempt ${attempt} of ${job.opts.attempts ?? 1} on ${ctx.name}`);
+    log.status('running', { attempt, worker: ctx.name });
     await prepareSource(job.data.source, dir, log, controller.signal);
     const request: BuildRequest = { id, contextDir: dir, ...job.data.spec };
     const result = await ctx.build(request, log, { workerRoot: ctx.root, signal: controller.signal, redisUrl: ctx.redisUrl });

@@ -20,6 +20,8 @@ export interface RegistryConfig {
    * Absent: no scheduled GC.
    */
   gc: Record<string, unknown> | null;
+  /** Redis of the build queue: with it the registry also serves /api/builds and /hooks/git. */
+  redis: string;
 }
 
 export const REGISTRY_DEFAULTS: RegistryConfig = {
@@ -29,6 +31,7 @@ export const REGISTRY_DEFAULTS: RegistryConfig = {
   deleteEnabled: true,
   uploadMaxAge: 7 * 24 * 3600,
   gc: null,
+  redis: '',
 };
 
 type Partial_ = { [K in keyof RegistryConfig]?: RegistryConfig[K] };
@@ -39,6 +42,7 @@ const ENV: Partial<Record<keyof RegistryConfig, string>> = {
   storage: 'SLIPWAY_STORAGE',
   deleteEnabled: 'SLIPWAY_DELETE_ENABLED',
   uploadMaxAge: 'SLIPWAY_UPLOAD_MAX_AGE',
+  redis: 'SLIPWAY_REDIS_URL',
 };
 
 function coerce<K extends keyof RegistryConfig>(key: K, value: unknown, where: string): RegistryConfig[K] {

@@ -30,10 +30,11 @@ program
   )
   .option('--config <file>', 'YAML configuration file (SLIPWAY_CONFIG)')
   .option('--no-delete', 'refuse DELETE of blobs and manifests (SLIPWAY_DELETE_ENABLED=false)')
-  .action(async (opts: { listen?: string; data?: string; storage?: string; config?: string; delete?: boolean }, cmd: CommandType) => {
+  .option('--redis <url>', 'Redis of the build queue: also serve /api/builds and /hooks/git (SLIPWAY_REDIS_URL)')
+  .action(async (opts: { listen?: string; data?: string; storage?: string; config?: string; delete?: boolean; redis?: string }, cmd: CommandType) => {
     const deleteEnabled = cmd.getOptionValueSource('delete') === 'cli' ? opts.delete : undefined;
     const { loadRegistryConfig } = await registryConfig();
-    const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, storage: opts.storage, config: opts.config, deleteEnabled });
+    const cfg = loadRegistryConfig({ listen: opts.listen, data: opts.data, storage: opts.storage, config: opts.config, deleteEnabled, redis: opts.redis });
     const { runRegistry, stopOnSignals } = await registryRole();
     const running = await runRegistry(cfg);
     stopOnSignals(running.close);
@@ -42,17 +43,27 @@ program
 
 program
   .command('up')
-  .description('run the whole stack on embedded defaults (registry on 127.0.0.1:5000, state in ./.slipway)')
+  .description('run the whole stack on embedded defaults: a redis-server of its own, the registry on 127.0.0.1:5000 with the build API, one builder worker; state in ./.slipway')
   .option('--state <dir>', 'state directory', './.slipway')
   .option('--listen <host:port>', 'registry address', '127.0.0.1:5000')
   .action(async (opts: { state: string; listen: string }) => {
     const state = resolve(opts.state);
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(state, { recursive: true });
+    const { startStack } = await import('./stack.js');
+    const stack = await startStack(state);
     const { loadRegistryConfig } = await registryConfig();
-    const cfg = loadRegistryConfig({ listen: opts.listen, data: `${state}/registry` });
+    const cfg = loadRegistryConfig({ listen: opts.listen, data: `${state}/registry`, redis: stack.redisUrl });
     const { runRegistry, stopOnSignals } = await registryRole();
-    const running = await runRegistry(cfg);
-    stopOnSignals(running.close);
-    console.log(`slipway up: registry listening on ${running.url} (state in ${state})`);
+    const running = await runRegistry(cfg).catch(async (err: unknown) => {
+      await stack.close();
+      throw err;
+    });
+    stopOnSignals(async () => {
+      await running.close();
+      await stack.close();
+    });
+    console.log(`slipway up: registry listening on ${running.url}, redis at ${stack.redisUrl}, one builder worker (state in ${state})`);
   });
 
 program
@@ -68,8 +79,9 @@ program
   });
 
 registerRunnerCommands(program, { standby });
-const { registerGcCommand } = await import('./gc.js');
+const [{ registerGcCommand }, { registerBuildCommands }] = await Promise.all([import('./gc.js'), import('./build.js')]);
 registerGcCommand(program);
+registerBuildCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   console.error(`slipway: ${err instanceof Error ? err.message : String(err)}`);

@@ -25,9 +25,14 @@ export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry 
   // Scheduled GC only when the config has a `gc:` section (its interval defaults to 24h there).
   const log = (m: string) => console.error(`slipway registry: ${m}`);
   const schedule = gc && gc.interval > 0 ? startGcSchedule(store, { ...gc, uploadMaxAge: cfg.uploadMaxAge * 1000 }, log) : null;
+  // The build API and git webhooks, when the registry has a build queue to feed.
+  const builds = cfg.redis
+    ? (await import('../builder/index.js')).mountBuilder(running.express, { redisUrl: cfg.redis, store, hookSecret: process.env.SLIPWAY_HOOK_SECRET })
+    : null;
   const close = async () => {
     await schedule?.stop();
     await running.close();
+    await builds?.close();
   };
   return { ...running, close, storage: driver.name === 'filesystem' ? `data in ${description}` : `storage ${description}` };
 }

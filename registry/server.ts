@@ -1,3 +1,4 @@
+import type { Express } from 'express';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { purgeUploads, type Store } from '../storage/index.js';
@@ -18,6 +19,8 @@ export interface RunningRegistry {
   url: string;
   port: number;
   server: Server;
+  /** The express app that serves every route outside /v2/ (management API, hooks). */
+  express: Express;
   close(): Promise<void>;
 }
 
@@ -48,6 +51,7 @@ export async function startRegistry(opts: RegistryServerOptions): Promise<Runnin
     url: `http://${host}:${port}`,
     port,
     server,
+    express: app.express,
     close: async () => {
       clearInterval(timer);
       server.closeIdleConnections();

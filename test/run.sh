@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real.
-packages=(docker.io docker-registry skopeo podman buildah busybox-static runc attr iptables iproute2 wrk curl git ceph-mon ceph-osd radosgw ceph-common)
+packages=(docker.io docker-registry redis-server skopeo podman buildah busybox-static runc attr iptables iproute2 wrk curl git ceph-mon ceph-osd radosgw ceph-common)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -24,6 +24,7 @@ npx tsc -p .
 work=$(mktemp -d /tmp/slipway-run.XXXXXX)
 dockerd_pid=
 radosgw_pid=
+redis_pid=
 cleanup() {
   if [ -n "$dockerd_pid" ]; then
     kill -TERM "$dockerd_pid" 2>/dev/null || true
@@ -33,6 +34,10 @@ cleanup() {
     kill -TERM "$radosgw_pid" 2>/dev/null || true
     wait "$radosgw_pid" 2>/dev/null || true
   fi
+  if [ -n "$redis_pid" ]; then
+    kill -TERM "$redis_pid" 2>/dev/null || true
+    wait "$redis_pid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -40,6 +45,10 @@ trap cleanup EXIT
 # One radosgw (Ceph's S3 server) for the whole run; tests isolate themselves by random buckets.
 node dist/test/harness/radosgw.js serve >"$work/radosgw.out" 2>"$work/radosgw.err" &
 radosgw_pid=$!
+
+# One redis-server for the whole run; tests isolate themselves by random queue prefixes.
+node dist/test/harness/redis.js serve >"$work/redis.out" 2>"$work/redis.err" &
+redis_pid=$!
 
 # One dockerd for the whole run; tests isolate themselves by random repository names.
 node dist/test/harness/dockerd.js serve >"$work/dockerd.out" 2>"$work/dockerd.err" &
@@ -63,5 +72,14 @@ SLIPWAY_TEST_S3_ACCESS_KEY=$(sed -n 's/^S3_ACCESS_KEY=//p' "$work/radosgw.out")
 SLIPWAY_TEST_S3_SECRET_KEY=$(sed -n 's/^S3_SECRET_KEY=//p' "$work/radosgw.out")
 [ -n "$SLIPWAY_TEST_S3_SECRET_KEY" ] || { cat "$work/radosgw.err" >&2; echo "test/run.sh: radosgw did not start in 60s" >&2; exit 1; }
 export SLIPWAY_TEST_S3_ENDPOINT SLIPWAY_TEST_S3_ACCESS_KEY SLIPWAY_TEST_S3_SECRET_KEY
+
+for _ in $(seq 1 60); do
+  if grep -q '^REDIS_URL=' "$work/redis.out"; then break; fi
+  if ! kill -0 "$redis_pid" 2>/dev/null; then cat "$work/redis.err" >&2; echo "test/run.sh: redis-server did not start" >&2; exit 1; fi
+  sleep 0.5
+done
+SLIPWAY_TEST_REDIS_URL=$(sed -n 's/^REDIS_URL=//p' "$work/redis.out")
+[ -n "$SLIPWAY_TEST_REDIS_URL" ] || { cat "$work/redis.err" >&2; echo "test/run.sh: redis-server did not start in 30s" >&2; exit 1; }
+export SLIPWAY_TEST_REDIS_URL
 
 node --test --enable-source-maps --test-concurrency=2 dist/test/*.test.js dist/test/unit/*.test.js

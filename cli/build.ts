@@ -1,0 +1,221 @@
+/*
+ * `slipway build`, `slipway builder` and `slipway trigger add|ls|rm`.
+ *
+ * `build` talks to the registry process's API, not to Redis: the context has to
+ * reach storage that every worker can read, the registry process already owns
+ * that storage, and a developer's machine then needs HTTP access to one server
+ * only (no Redis credentials on laptops). When Redis is down the API says so
+ * (503) and the CLI prints it. `builder` and `trigger` are operator commands and
+ * use Redis directly (--redis, SLIPWAY_REDIS_URL, else the URL `slipway up`
+ * wrote to ./.slipway/redis.url, else redis://127.0.0.1:6379).
+ */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import type { BuildFunction, BuildSecret, BuildSpec } from '../builder/index.js';
+import { apiJson, followBuild, logPrinter, submitBuild } from './build-client.js';
+
+const builder = () => import('../builder/index.js');
+const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
+
+export const DEFAULT_SERVER = 'http://127.0.0.1:5000';
+
+/** --redis, then SLIPWAY_REDIS_URL, then the file `slipway up` writes, then the default port. */
+export function redisUrlOf(flag?: string): string {
+  if (flag) return flag;
+  if (process.env.SLIPWAY_REDIS_URL) return process.env.SLIPWAY_REDIS_URL;
+  try {
+    return readFileSync(resolve('.slipway/redis.url'), 'utf8').trim();
+  } catch {
+    return 'redis://127.0.0.1:6379';
+  }
+}
+const prefixOf = () => process.env.SLIPWAY_REDIS_PREFIX || 'slipway';
+
+function keyValues(list: string[], what: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of list) {
+    const eq = kv.indexOf('=');
+    if (eq < 1) {
+      // docker takes `--build-arg NAME` as "from my environment"
+      const v = what === '--build-arg' ? process.env[kv] : undefined;
+      if (v === undefined) throw new Error(`${what} ${kv}: use KEY=VALUE`);
+      out[kv] = v;
+    } else out[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return out;
+}
+
+/** `id=x,src=path` or `id=x,env=VAR` (docker's --secret); a relative src is made absolute here. */
+export function parseSecret(s: string): BuildSecret {
+  const f = Object.fromEntries(s.split(',').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
+  if (!f.id) throw new Error(`--secret ${s}: id= is required (id=NAME,src=PATH or id=NAME,env=VAR)`);
+  const src = f.src ?? f.source;
+  return { id: f.id, ...(src ? { src: resolve(src) } : {}), ...(f.env ? { env: f.env } : {}) };
+}
+
+interface BuildFlags {
+  tag: string[];
+  file?: string;
+  buildArg: string[];
+  label: string[];
+  target?: string;
+  cache: boolean;
+  network: string;
+  secret: string[];
+  server?: string;
+  detach?: boolean;
+}
+
+async function buildAction(context: string, flags: BuildFlags): Promise<void> {
+  const server = flags.server ?? process.env.SLIPWAY_SERVER ?? DEFAULT_SERVER;
+  if (flags.network !== 'none' && flags.network !== 'host') throw new Error(`--network must be none or host, not ${flags.network}`);
+  const { packContext, buildQuery, validateRef } = await builder();
+  const packed = await packContext(resolve(context), flags.file ? resolve(flags.file) : 'Dockerfile');
+  const spec: BuildSpec = {
+    tags: flags.tag.map(validateRef),
+    dockerfile: packed.dockerfile,
+    buildArgs: keyValues(flags.buildArg, '--build-arg'),
+    labels: keyValues(flags.label, '--label'),
+    target: flags.target,
+    noCache: !flags.cache,
+    network: flags.network,
+    secrets: flags.secret.map(parseSecret),
+  };
+  const record = await submitBuild(server, buildQuery(spec), packed.stream);
+  process.stderr.write(`build ${record.id} queued (context: ${packed.stats.files} files, ${packed.stats.bytes} bytes)\n`);
+  if (flags.detach) {
+    console.log(record.id);
+    return;
+  }
+  let cancelling = false;
+  const onSigint = () => {
+    if (cancelling) process.exit(130);
+    cancelling = true;
+    process.stderr.write(`cancelling build ${record.id} (Ctrl-C again to leave it running)\n`);
+    void apiJson(server, `/api/builds/${record.id}/cancel`, 'POST').catch(() => undefined);
+  };
+  process.on('SIGINT', onSigint);
+  const printer = await logPrinter(process.stderr.isTTY === true && process.stdout.isTTY === true);
+  try {
+    await followBuild(server, record.id, (e) => printer.entry(e));
+  } finally {
+    printer.stop();
+    process.off('SIGINT', onSigint);
+  }
+  const done = await apiJson<{ status: string; imageDigest?: string; error?: { message: string; exitCode?: number; lastLines?: string[] } }>(server, `/api/builds/${record.id}`);
+  if (done.status === 'succeeded') {
+    console.log(done.imageDigest);
+    return;
+  }
+  const e = done.error;
+  const code = e?.exitCode !== undefined ? ` (exit code ${e.exitCode})` : '';
+  process.stderr.write(`slipway build: build ${record.id} ${done.status}: ${e?.message ?? 'no reason given'}${code}\n`);
+  process.exitCode = done.status === 'cancelled' ? 130 : 1;
+}
+
+export interface BuildCommandDeps {
+  /** The executor used by `slipway builder`; the real one (builder/executor.ts) when absent. */
+  build?: BuildFunction;
+}
+
+export function registerBuildCommands(program: Command, deps: BuildCommandDeps = {}): void {
+  program
+    .command('build')
+    .description('build an image from a Dockerfile and a context directory, on the builder workers')
+    .argument('<context>', 'context directory')
+    .requiredOption('-t, --tag <ref>', 'HOST:PORT/repo:tag to push (repeatable)', collect, [])
+    .option('-f, --file <path>', 'Dockerfile (default CONTEXT/Dockerfile)')
+    .option('--build-arg <k=v>', 'build argument (repeatable)', collect, [])
+    .option('--label <k=v>', 'image label (repeatable)', collect, [])
+    .option('--target <stage>', 'build up to this stage')
+    .option('--no-cache', 'run every step, ignoring the build cache')
+    .option('--network <mode>', 'RUN network: none or host', 'none')
+    .option('--secret <spec>', 'id=NAME,src=PATH or id=NAME,env=VAR, read on the worker (repeatable)', collect, [])
+    .option('--server <url>', `Slipway server (SLIPWAY_SERVER; default ${DEFAULT_SERVER})`)
+    .option('-d, --detach', 'print the build id and return without following the log')
+    .action(buildAction);
+
+  program
+    .command('builder')
+    .description('run a builder worker on the BullMQ queue "builds"')
+    .option('--redis <url>', 'Redis URL (SLIPWAY_REDIS_URL)')
+    .option('--concurrency <n>', 'builds at once', '1')
+    .option('--root <dir>', "the worker's directory (SLIPWAY_BUILDER_ROOT; default ./.slipway/builder)")
+    .action(async (opts: { redis?: string; concurrency: string; root?: string }) => {
+      const b = await builder();
+      const redisUrl = redisUrlOf(opts.redis);
+      await b.checkRedis(redisUrl);
+      const concurrency = Number(opts.concurrency);
+      if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`--concurrency must be a positive integer, not ${opts.concurrency}`);
+      const root = resolve(opts.root ?? process.env.SLIPWAY_BUILDER_ROOT ?? '.slipway/builder');
+      const build = deps.build ?? b.build;
+      const running = await b.startBuildWorker({ redisUrl, prefix: prefixOf(), root, concurrency, build, onError: (err) => console.error('slipway builder:', err) });
+      // First signal: finish the running builds; a second one leaves them to other workers.
+      let signals = 0;
+      const stop = (signal: NodeJS.Signals) => {
+        const force = ++signals > 1;
+        console.error(`slipway builder: ${signal}, ${force ? 'stopping now (running builds go back to the queue)' : 'finishing running builds'}`);
+        running.close(force).then(() => process.exit(0), () => process.exit(1));
+      };
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+      console.log(`slipway builder: worker ${running.name} on queue builds at ${redisUrl} (concurrency ${concurrency}, root ${root})`);
+    });
+
+  const trigger = program.command('trigger').description('map git pushes (repository + branch) to builds');
+  trigger
+    .command('add')
+    .requiredOption('--repo <url-or-name>', 'clone URL, or owner/name as the push event names it')
+    .option('--branch <name>', 'branch', 'main')
+    .requiredOption('--tag <ref>', 'HOST:PORT/repo:tag to build ({branch}, {sha}, {short} allowed; repeatable)', collect, [])
+    .option('--dockerfile <path>', 'Dockerfile inside the repository', 'Dockerfile')
+    .option('--secret <s>', 'webhook secret for this repository (else the server-wide SLIPWAY_HOOK_SECRET)')
+    .option('--redis <url>', 'Redis URL (SLIPWAY_REDIS_URL)')
+    .action((opts: { repo: string; branch: string; tag: string[]; dockerfile: string; secret?: string; redis?: string }) =>
+      withRedis(opts.redis, async (b, redis) => {
+        const t = await b.addTrigger(redis, prefixOf(), { repo: opts.repo, branch: opts.branch, tags: opts.tag, dockerfile: opts.dockerfile, secret: opts.secret });
+        console.log(`trigger: ${t.repo} ${t.branch} → ${t.tags.join(', ')} (${t.dockerfile})`);
+      }),
+    );
+  trigger
+    .command('ls')
+    .option('--redis <url>', 'Redis URL (SLIPWAY_REDIS_URL)')
+    .action((opts: { redis?: string }) =>
+      withRedis(opts.redis, async (b, redis) => {
+        const rows = (await b.listTriggers(redis, prefixOf())).map((t) => [t.repo, t.branch, t.tags.join(','), t.dockerfile, t.secret ? 'own' : 'server']);
+        printTable([['REPOSITORY', 'BRANCH', 'TAGS', 'DOCKERFILE', 'SECRET'], ...rows]);
+      }),
+    );
+  trigger
+    .command('rm')
+    .requiredOption('--repo <url-or-name>', 'repository')
+    .option('--branch <name>', 'only this branch')
+    .option('--redis <url>', 'Redis URL (SLIPWAY_REDIS_URL)')
+    .action((opts: { repo: string; branch?: string; redis?: string }) =>
+      withRedis(opts.redis, async (b, redis) => {
+        const n = await b.removeTrigger(redis, prefixOf(), opts.repo, opts.branch);
+        if (n === 0) throw new Error(`no trigger for ${opts.repo}${opts.branch ? ` ${opts.branch}` : ''}`);
+        console.log(`removed ${n} trigger${n === 1 ? '' : 's'}`);
+      }),
+    );
+}
+
+type Builder = Awaited<ReturnType<typeof builder>>;
+
+async function withRedis(flag: string | undefined, fn: (b: Builder, redis: ReturnType<Builder['connectRedis']>) => Promise<void>): Promise<void> {
+  const b = await builder();
+  const url = redisUrlOf(flag);
+  await b.checkRedis(url);
+  const redis = b.connectRedis(url, 'slipway-cli');
+  try {
+    await fn(b, redis);
+  } finally {
+    redis.disconnect();
+  }
+}
+
+function printTable(rows: string[][]): void {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  for (const r of rows) console.log(r.map((c, i) => c.padEnd(widths[i]!)).join('   ').trimEnd());
+}
