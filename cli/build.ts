@@ -16,6 +16,7 @@ import type { BuildFunction, BuildSecret, BuildSpec } from '../builder/index.js'
 import { apiJson, followBuild, logPrinter, submitBuild } from './build-client.js';
 
 const builder = () => import('../builder/index.js');
+const builderClient = () => import('../builder/client.js');
 const collect = (value: string, previous: string[] = []): string[] => [...previous, value];
 
 export const DEFAULT_SERVER = 'http://127.0.0.1:5000';
@@ -70,7 +71,7 @@ interface BuildFlags {
 async function buildAction(context: string, flags: BuildFlags): Promise<void> {
   const server = flags.server ?? process.env.SLIPWAY_SERVER ?? DEFAULT_SERVER;
   if (flags.network !== 'none' && flags.network !== 'host') throw new Error(`--network must be none or host, not ${flags.network}`);
-  const { packContext, buildQuery, validateRef } = await builder();
+  const { packContext, buildQuery, validateRef } = await builderClient();
   const packed = await packContext(resolve(context), flags.file ? resolve(flags.file) : 'Dockerfile');
   const spec: BuildSpec = {
     tags: flags.tag.map(validateRef),
