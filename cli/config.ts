@@ -22,6 +22,11 @@ export interface RegistryConfig {
   gc: Record<string, unknown> | null;
   /** Redis of the build queue: with it the registry also serves /api/builds and /hooks/git. */
   redis: string;
+  /**
+   * The YAML file's `notifications:` section (`endpoints: [{name, url, headers, timeout, retries,
+   * backoff, ignoredMediaTypes, actions}]`), checked by registry's parseNotificationSettings. Needs `redis`.
+   */
+  notifications: Record<string, unknown> | null;
 }
 
 export const REGISTRY_DEFAULTS: RegistryConfig = {
@@ -32,6 +37,7 @@ export const REGISTRY_DEFAULTS: RegistryConfig = {
   uploadMaxAge: 7 * 24 * 3600,
   gc: null,
   redis: '',
+  notifications: null,
 };
 
 type Partial_ = { [K in keyof RegistryConfig]?: RegistryConfig[K] };
@@ -47,10 +53,10 @@ const ENV: Partial<Record<keyof RegistryConfig, string>> = {
 
 function coerce<K extends keyof RegistryConfig>(key: K, value: unknown, where: string): RegistryConfig[K] {
   const want = typeof REGISTRY_DEFAULTS[key];
-  if ((key === 'storage' || key === 'gc') && typeof value === 'object' && value !== null && !Array.isArray(value)) {
+  if ((key === 'storage' || key === 'gc' || key === 'notifications') && typeof value === 'object' && value !== null && !Array.isArray(value)) {
     return value as RegistryConfig[K];
   }
-  if (key === 'gc' && value === null) return value as RegistryConfig[K];
+  if ((key === 'gc' || key === 'notifications') && value === null) return value as RegistryConfig[K];
   if (want === 'boolean') {
     if (typeof value === 'boolean') return value as RegistryConfig[K];
     if (value === 'true' || value === '1') return true as RegistryConfig[K];

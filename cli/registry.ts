@@ -1,5 +1,5 @@
 import { createDriver, createStore, parseGcSettings, startGcSchedule } from '../storage/index.js';
-import { startRegistry, type RunningRegistry } from '../registry/index.js';
+import { parseNotificationSettings, startRegistry, type RunningRegistry } from '../registry/index.js';
 import { parseListen, type RegistryConfig } from './config.js';
 
 /**
@@ -8,6 +8,10 @@ import { parseListen, type RegistryConfig } from './config.js';
  */
 export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry & { storage: string }> {
   const gc = cfg.gc ? parseGcSettings(cfg.gc, 'gc') : null;
+  const notifications = parseNotificationSettings(cfg.notifications, 'notifications');
+  if (notifications && !cfg.redis) {
+    throw new Error('notifications need Redis for their delivery queue: give --redis URL, SLIPWAY_REDIS_URL or `redis:` in the config file (or remove the notifications section)');
+  }
   const { driver, redirect, description } = await createDriver(cfg.storage || cfg.data);
   const store = createStore(driver);
   const { host, port } = parseListen(cfg.listen);
@@ -19,12 +23,14 @@ export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry 
     deleteEnabled: cfg.deleteEnabled,
     uploadMaxAge: cfg.uploadMaxAge * 1000,
     log: (err) => console.error('slipway registry:', err),
+    notifications,
+    redisUrl: cfg.redis || undefined,
   });
   // Storage written before the catalog index existed gets it built now, not on the first _catalog.
   void store.manifests.repositories({ limit: 0 }).catch((err: unknown) => console.error('slipway registry: building the catalog index:', err));
   // Scheduled GC only when the config has a `gc:` section (its interval defaults to 24h there).
   const log = (m: string) => console.error(`slipway registry: ${m}`);
-  const schedule = gc && gc.interval > 0 ? startGcSchedule(store, { ...gc, uploadMaxAge: cfg.uploadMaxAge * 1000 }, log) : null;
+  const schedule = gc && gc.interval > 0 ? startGcSchedule(store, { ...gc, uploadMaxAge: cfg.uploadMaxAge * 1000, onReport: (r) => running.metrics.recordGcRun(r) }, log) : null;
   // The build API and git webhooks, when the registry has a build queue to feed.
   const builds = cfg.redis
     ? (await import('../builder/index.js')).mountBuilder(running.express, { redisUrl: cfg.redis, store, hookSecret: process.env.SLIPWAY_HOOK_SECRET })

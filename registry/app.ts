@@ -1,16 +1,21 @@
 import express, { type Express } from 'express';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Store } from '../storage/index.js';
+import { hostname } from 'node:os';
+import { StorageUnavailableError, type Store } from '../storage/index.js';
 import { deleteBlob, getBlob } from './blobs.js';
-import type { Handler, RegistryOptions, RouteContext } from './context.js';
+import type { Handler, RegistryOptions, RequestEvents, RouteContext } from './context.js';
 import { RegistryError, writeError } from './errors.js';
 import { sendJson } from './http.js';
 import { catalog, listTags, referrers } from './listing.js';
 import { deleteManifest, getManifest, putManifest } from './manifests.js';
+import type { RegistryMetrics } from './metrics.js';
 import { validateName } from './names.js';
+import { makeEvent, type Notifier } from './notifications.js';
 import { cancelUpload, completeUpload, patchUpload, startUpload, uploadStatus } from './uploads.js';
 
 interface Route {
+  /** The route's label in /metrics. */
+  name: string;
   /** Matched against the path after /v2/; group 1 is the name, group 2 the parameter. */
   pattern: RegExp;
   methods: Partial<Record<string, Handler>>;
@@ -22,33 +27,42 @@ interface Route {
  * here, before any handler runs.
  */
 const ROUTES: Route[] = [
-  { pattern: /^(.+)\/blobs\/uploads\/?()$/, methods: { POST: startUpload } },
+  { name: 'upload-start', pattern: /^(.+)\/blobs\/uploads\/?()$/, methods: { POST: startUpload } },
   {
+    name: 'upload',
     pattern: /^(.+)\/blobs\/uploads\/([^/]+)$/,
     methods: { GET: uploadStatus, PATCH: patchUpload, PUT: completeUpload, DELETE: cancelUpload },
   },
-  { pattern: /^(.+)\/blobs\/([^/]+)$/, methods: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob } },
+  { name: 'blob', pattern: /^(.+)\/blobs\/([^/]+)$/, methods: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob } },
   {
+    name: 'manifest',
     pattern: /^(.+)\/manifests\/([^/]+)$/,
     methods: { GET: getManifest, HEAD: getManifest, PUT: putManifest, DELETE: deleteManifest },
   },
-  { pattern: /^(.+)\/tags\/list()$/, methods: { GET: listTags } },
-  { pattern: /^(.+)\/referrers\/([^/]+)$/, methods: { GET: referrers } },
+  { name: 'tags', pattern: /^(.+)\/tags\/list()$/, methods: { GET: listTags } },
+  { name: 'referrers', pattern: /^(.+)\/referrers\/([^/]+)$/, methods: { GET: referrers } },
 ];
 
 export interface RegistryAppOptions extends Partial<RegistryOptions> {
   store: Store;
   log?: (err: unknown) => void;
+  /** Served at GET /metrics and fed by every /v2/ request. */
+  metrics?: RegistryMetrics;
+  /** Where events go (webhooks); absent: events only feed the metrics. */
+  notifier?: Notifier;
 }
 
 export type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
 
-/** Finds the handler and context for a /v2/ path (without the leading "/v2/"). */
-function route(path: string, method: string, query: URLSearchParams, base: Omit<RouteContext, 'name' | 'param' | 'query'>): [Handler, RouteContext] {
-  if (path === '' ) return [async (_c, _q, res) => sendJson(res, 200, {}), { ...base, name: '', param: '', query }];
+type Base = Omit<RouteContext, 'name' | 'param' | 'query' | 'events'>;
+type Routed = [Handler, Omit<RouteContext, 'events'>, string];
+
+/** Finds the handler, context and route name for a /v2/ path (without the leading "/v2/"). */
+function route(path: string, method: string, query: URLSearchParams, base: Base): Routed {
+  if (path === '' ) return [async (_c, _q, res) => sendJson(res, 200, {}), { ...base, name: '', param: '', query }, 'base'];
   if (path === '_catalog') {
     if (method !== 'GET') throw new RegistryError('UNSUPPORTED', undefined, `${method} is not supported here`);
-    return [catalog, { ...base, name: '', param: '', query }];
+    return [catalog, { ...base, name: '', param: '', query }, 'catalog'];
   }
   for (const r of ROUTES) {
     const m = r.pattern.exec(path);
@@ -57,7 +71,7 @@ function route(path: string, method: string, query: URLSearchParams, base: Omit<
     if (!handler) {
       throw new RegistryError('UNSUPPORTED', undefined, `${method} is not supported here`, { Allow: Object.keys(r.methods).join(', ') });
     }
-    return [handler, { ...base, name: validateName(m[1]!), param: decodeURIComponent(m[2] ?? ''), query }];
+    return [handler, { ...base, name: validateName(m[1]!), param: decodeURIComponent(m[2] ?? ''), query }, r.name];
   }
   throw new RegistryError('NOT_FOUND', undefined, `no such endpoint: ${method} /v2/${path}`);
 }
@@ -76,21 +90,83 @@ export function createRegistryApp(opts: RegistryAppOptions): RequestListener & {
   app.disable('x-powered-by');
   app.set('etag', false);
 
+  const { metrics, notifier } = opts;
+  const fail = (err: unknown, req: IncomingMessage, res: ServerResponse) => {
+    writeError(err, req, res, log);
+    if (res.statusCode >= 500) metrics?.storageError(err instanceof StorageUnavailableError ? 'unavailable' : 'internal');
+  };
+
   const listener = (req: IncomingMessage, res: ServerResponse): void => {
     res.setHeader('Docker-Distribution-API-Version', 'registry/2.0');
     const url = req.url ?? '/';
     if (url !== '/v2' && !url.startsWith('/v2/')) {
-      app(req, res);
+      if (metrics && req.method === 'GET' && (url === '/metrics' || url.startsWith('/metrics?'))) serveMetrics(metrics, res, log);
+      else app(req, res);
       return;
     }
     const q = url.indexOf('?');
     const path = (q < 0 ? url : url.slice(0, q)).slice(4);
+    const started = performance.now();
+    let routeName = 'unknown';
+    if (metrics) res.once('finish', () => metrics.observeRequest(routeName, req.method ?? 'GET', res.statusCode, (performance.now() - started) / 1000));
     try {
-      const [handler, ctx] = route(path, req.method ?? 'GET', new URLSearchParams(q < 0 ? '' : url.slice(q + 1)), base);
-      handler(ctx, req, res).catch((err: unknown) => writeError(err, req, res, log));
+      const [handler, partial, name] = route(path, req.method ?? 'GET', new URLSearchParams(q < 0 ? '' : url.slice(q + 1)), base);
+      routeName = name;
+      const ctx: RouteContext = { ...partial, events: requestEvents(req, partial.name, name, metrics, notifier) };
+      handler(ctx, req, res).catch((err: unknown) => fail(err, req, res));
     } catch (err) {
-      writeError(err, req, res, log);
+      fail(err, req, res);
     }
   };
   return Object.assign(listener, { express: app });
+}
+
+function serveMetrics(metrics: RegistryMetrics, res: ServerResponse, log: (err: unknown) => void): void {
+  metrics.render().then(
+    (text) => {
+      res.statusCode = 200;
+      res.setHeader('Content-Type', metrics.contentType);
+      res.setHeader('Content-Length', Buffer.byteLength(text));
+      res.end(text);
+    },
+    (err: unknown) => {
+      log(err);
+      res.statusCode = 500;
+      res.end();
+    },
+  );
+}
+
+const HOSTNAME = hostname();
+const NO_EVENTS: RequestEvents = { emit: () => {} };
+
+/** Binds a request's events to its repository and connection; counts bytes, queues notifications. */
+function requestEvents(req: IncomingMessage, repository: string, routeName: string, metrics?: RegistryMetrics, notifier?: Notifier): RequestEvents {
+  if (!metrics && !notifier) return NO_EVENTS;
+  return {
+    emit(action, { transferred, tag, ...subject }) {
+      if (transferred) {
+        if (action === 'pull') metrics?.bytesOut(transferred);
+        else if (action === 'push') metrics?.bytesIn(transferred);
+      }
+      if (!notifier) return;
+      const host = req.headers.host ?? '';
+      const kind = routeName === 'manifest' ? 'manifests' : 'blobs';
+      const target = {
+        ...subject,
+        length: subject.size,
+        repository,
+        url: subject.digest ? `http://${host}/v2/${repository}/${kind}/${subject.digest}` : '',
+        ...(tag === undefined ? {} : { tag }),
+      };
+      const request = {
+        id: crypto.randomUUID(),
+        addr: `${req.socket.remoteAddress ?? ''}:${req.socket.remotePort ?? ''}`,
+        host,
+        method: req.method ?? '',
+        useragent: req.headers['user-agent'] ?? '',
+      };
+      notifier.enqueue(makeEvent(action, target, request, `${HOSTNAME}:${req.socket.localPort ?? ''}`));
+    },
+  };
 }

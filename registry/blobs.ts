@@ -3,8 +3,11 @@ import type { Handler } from './context.js';
 import { parseRange } from './http.js';
 import { requestDigest } from './names.js';
 
+/** Blobs have no media type of their own in the API; distribution's events say this. */
+const BLOB_TYPE = 'application/octet-stream';
+
 /** GET and HEAD of a blob, with Range support and optional redirects to storage. */
-export const getBlob: Handler = async ({ store, options, name, param }, req, res) => {
+export const getBlob: Handler = async ({ store, options, name, param, events }, req, res) => {
   const digest = requestDigest(param);
   const info = await store.blobs.stat(name, digest);
   res.setHeader('Docker-Content-Digest', digest.value);
@@ -18,6 +21,7 @@ export const getBlob: Handler = async ({ store, options, name, param }, req, res
       res.setHeader('Content-Length', '0');
       res.statusCode = 307;
       res.end();
+      if (req.method === 'GET') events.emit('pull', { mediaType: BLOB_TYPE, digest: digest.value, size: info.size });
       return;
     }
   }
@@ -29,6 +33,7 @@ export const getBlob: Handler = async ({ store, options, name, param }, req, res
   }
   const length = range ? range.end - range.start + 1 : info.size;
   res.setHeader('Content-Length', String(length));
+  if (req.method === 'GET') events.emit('pull', { mediaType: BLOB_TYPE, digest: digest.value, size: info.size, transferred: length });
   if (req.method === 'HEAD' || length === 0) {
     res.end();
     return;
@@ -45,7 +50,7 @@ export const getBlob: Handler = async ({ store, options, name, param }, req, res
   }
 };
 
-export const deleteBlob: Handler = async ({ store, options, name, param }, _req, res) => {
+export const deleteBlob: Handler = async ({ store, options, name, param, events }, _req, res) => {
   if (!options.deleteEnabled) throw new RegistryError('UNSUPPORTED', undefined, 'deletion is disabled on this registry');
   const digest = requestDigest(param);
   await store.blobs.unlink(name, digest);
@@ -53,4 +58,5 @@ export const deleteBlob: Handler = async ({ store, options, name, param }, _req,
   res.setHeader('Content-Length', '0');
   res.statusCode = 202;
   res.end();
+  events.emit('delete', { mediaType: BLOB_TYPE, digest: digest.value, size: 0 });
 };

@@ -18,6 +18,22 @@ export interface RouteContext {
   param: string;
   /** The request's query string. */
   query: URLSearchParams;
+  /** Reports what the request did (notifications, byte counters); call once the response is decided. */
+  events: RequestEvents;
+}
+
+/** What a handler knows of the object it acted on; the rest (repository, url, request) is filled in. */
+export interface EventSubject {
+  mediaType: string;
+  digest: string;
+  size: number;
+  tag?: string;
+  /** Bytes this request moved (a blob GET's body, an upload's blob); counted in /metrics. */
+  transferred?: number;
+}
+
+export interface RequestEvents {
+  emit(action: 'push' | 'pull' | 'delete', subject: EventSubject): void;
 }
 
 export type Request = IncomingMessage;

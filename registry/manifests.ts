@@ -70,6 +70,7 @@ export const getManifest: Handler = async (ctx, req, res) => {
   res.setHeader('Content-Length', String(stored.bytes.length));
   res.statusCode = 200;
   res.end(req.method === 'HEAD' ? undefined : stored.bytes);
+  if (req.method === 'GET') ctx.events.emit('pull', { mediaType: stored.parsed.mediaType, digest: stored.digest, size: stored.bytes.length, tag: 'tag' in ref ? ref.tag : undefined });
 };
 
 export const putManifest: Handler = async (ctx, req, res) => {
@@ -99,6 +100,7 @@ export const putManifest: Handler = async (ctx, req, res) => {
   };
   if (parsed.subject) headers['OCI-Subject'] = parsed.subject.digest;
   noContent(res, 201, headers);
+  ctx.events.emit('push', { mediaType: parsed.mediaType, digest: digest.value, size: bytes.length, tag: 'tag' in ref ? ref.tag : undefined });
 };
 
 /** DELETE by digest removes the manifest (and its tags); by tag it only untags. */
@@ -108,4 +110,5 @@ export const deleteManifest: Handler = async (ctx, _req, res) => {
   if ('tag' in ref) await ctx.store.manifests.untag(ctx.name, ref.tag);
   else await ctx.store.manifests.delete(ctx.name, ref.digest);
   noContent(res, 202, {});
+  ctx.events.emit('delete', 'tag' in ref ? { mediaType: '', digest: '', size: 0, tag: ref.tag } : { mediaType: '', digest: ref.digest.value, size: 0 });
 };

@@ -3,6 +3,8 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { purgeUploads, type Store } from '../storage/index.js';
 import { createRegistryApp } from './app.js';
+import { createMetrics, type RegistryMetrics } from './metrics.js';
+import { startNotifier, type NotificationSettings } from './notifications.js';
 
 export interface RegistryServerOptions {
   store: Store;
@@ -13,6 +15,9 @@ export interface RegistryServerOptions {
   /** Upload sessions older than this (ms) are removed at start and hourly. Default 7 days. */
   uploadMaxAge?: number;
   log?: (err: unknown) => void;
+  /** Webhooks; their queue lives in the Redis at `redisUrl`, which is then required. */
+  notifications?: NotificationSettings | null;
+  redisUrl?: string;
 }
 
 export interface RunningRegistry {
@@ -21,13 +26,21 @@ export interface RunningRegistry {
   server: Server;
   /** The express app that serves every route outside /v2/ (management API, hooks). */
   express: Express;
+  /** What GET /metrics serves; GC callers report here (recordGcRun). */
+  metrics: RegistryMetrics;
   close(): Promise<void>;
 }
 
 const HOUR = 3600_000;
 
 export async function startRegistry(opts: RegistryServerOptions): Promise<RunningRegistry> {
-  const app = createRegistryApp(opts);
+  const metrics = createMetrics();
+  if (opts.notifications && !opts.redisUrl) {
+    throw new Error('notifications need Redis for their delivery queue: set redis (--redis, SLIPWAY_REDIS_URL or `redis:` in the config) or remove the notifications section');
+  }
+  const notifier = opts.notifications ? startNotifier(opts.notifications, opts.redisUrl!, opts.log ?? ((err) => console.error(err))) : undefined;
+  if (notifier) metrics.setBacklogSource(notifier.backlog);
+  const app = createRegistryApp({ ...opts, metrics, notifier });
   const server = createServer(app);
   // Blob uploads may take long: no overall request deadline, only one for headers.
   server.requestTimeout = 0;
@@ -52,6 +65,7 @@ export async function startRegistry(opts: RegistryServerOptions): Promise<Runnin
     port,
     server,
     express: app.express,
+    metrics,
     close: async () => {
       clearInterval(timer);
       server.closeIdleConnections();
@@ -61,6 +75,7 @@ export async function startRegistry(opts: RegistryServerOptions): Promise<Runnin
           server.closeAllConnections();
         }, 2000).unref();
       });
+      await notifier?.close();
     },
   };
 }

@@ -4,6 +4,8 @@ import type { Handler, Request, RouteContext } from './context.js';
 import { contentLength, hasBody, noContent, parseContentRange, uploadRange } from './http.js';
 import { requestDigest, validateName } from './names.js';
 
+const BLOB_TYPE = 'application/octet-stream';
+
 const sessionHeaders = (name: string, status: UploadStatus): Record<string, string> => ({
   Location: `/v2/${name}/blobs/uploads/${status.uuid}`,
   Range: uploadRange(status.offset),
@@ -29,7 +31,7 @@ async function rangeError(ctx: RouteContext, err: unknown): Promise<never> {
 }
 
 /** POST: cross-repository mount, monolithic upload (?digest=), or a new session. */
-export const startUpload: Handler = async ({ store, name, query }, req, res) => {
+export const startUpload: Handler = async ({ store, name, query, events }, req, res) => {
   const mount = query.get('mount');
   const from = query.get('from');
   const digest = query.get('digest');
@@ -37,6 +39,7 @@ export const startUpload: Handler = async ({ store, name, query }, req, res) => 
     const mounted = await store.blobs.mount(name, validateName(from), requestDigest(mount, 'mount'));
     if (mounted) {
       noContent(res, 201, { Location: `/v2/${name}/blobs/${mounted.digest}`, 'Docker-Content-Digest': mounted.digest });
+      events.emit('push', { mediaType: BLOB_TYPE, digest: mounted.digest, size: mounted.size });
       return;
     }
   }
@@ -44,6 +47,7 @@ export const startUpload: Handler = async ({ store, name, query }, req, res) => 
     const wanted = requestDigest(digest);
     const blob = await store.uploads.putWhole(name, wanted, req, { length: contentLength(req), signal: requestSignal(req) });
     noContent(res, 201, { Location: `/v2/${name}/blobs/${blob.digest}`, 'Docker-Content-Digest': blob.digest });
+    events.emit('push', { mediaType: BLOB_TYPE, digest: blob.digest, size: blob.size, transferred: blob.size });
     return;
   }
   const status = await store.uploads.start(name);
@@ -77,6 +81,7 @@ export const completeUpload: Handler = async (ctx, req, res) => {
     .complete(ctx.name, ctx.param, digest, body, { start: range?.start, length: contentLength(req), signal: requestSignal(req) })
     .catch((err: unknown) => rangeError(ctx, err));
   noContent(res, 201, { Location: `/v2/${ctx.name}/blobs/${blob.digest}`, 'Docker-Content-Digest': blob.digest });
+  ctx.events.emit('push', { mediaType: BLOB_TYPE, digest: blob.digest, size: blob.size, transferred: blob.size });
 };
 
 export const cancelUpload: Handler = async ({ store, name, param }, _req, res) => {
