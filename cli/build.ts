@@ -135,7 +135,12 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
     .option('--secret <spec>', 'id=NAME,src=PATH or id=NAME,env=VAR, read on the worker (repeatable)', collect, [])
     .option('--server <url>', `Slipway server (SLIPWAY_SERVER; default ${DEFAULT_SERVER})`)
     .option('-d, --detach', 'print the build id and return without following the log')
-    .action(buildAction);
+    .action(async (context: string, flags: BuildFlags) => {
+      await buildAction(context, flags);
+      // Done: leave now rather than wait for idle keep-alive sockets to close (~60 ms of a no-op build).
+      await new Promise<void>((r) => process.stdout.write('', () => r()));
+      process.exit(process.exitCode ?? 0);
+    });
 
   program
     .command('builder')
