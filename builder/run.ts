@@ -14,7 +14,7 @@ import { chmod, chown, lstat, mkdir, readFile, writeFile } from 'node:fs/promise
 import { readFileSync } from 'node:fs';
 import { join, posix } from 'node:path';
 import { createInterface } from 'node:readline';
-import { DEFAULT_CAPABILITIES, DEFAULT_PATH, resolveUser, secureJoin } from '../runner/index.js';
+import { DEFAULT_CAPABILITIES, DEFAULT_PATH, lastRuncError, resolveUser, secureJoin } from '../runner/index.js';
 import { envMap } from './image.js';
 
 export interface SpecMount {
@@ -143,22 +143,6 @@ function spawnRunc(r: RunRequest): Promise<RunOutcome> {
       });
     });
   });
-}
-
-/** runc's last error: the reason a process never started (an exec that failed, a bad mount). */
-function lastRuncError(logText: string): string {
-  const errors = logText
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => {
-      try {
-        return JSON.parse(l) as { level?: string; msg?: string };
-      } catch {
-        return { level: 'error', msg: l };
-      }
-    })
-    .filter((e) => e.level === 'error' || e.level === 'fatal');
-  return errors.at(-1)?.msg ?? '';
 }
 
 const startCode = (msg: string): number => (/no such file|not found/i.test(msg) ? 127 : /permission denied/i.test(msg) ? 126 : 125);

@@ -13,7 +13,7 @@ export { RUN_FLAGS, parseRunFlags } from './options.js';
 export type { RunFlags } from './options.js';
 export { DEFAULT_ROOT, DEFAULT_RUNC_ROOT, cgroupPath, runnerPaths } from './paths.js';
 export type { RootOptions, RunnerPaths } from './paths.js';
-export { RuncError, RuncMissingError, findRunc } from './runc.js';
+export { RuncError, RuncMissingError, findRunc, lastRuncError } from './runc.js';
 export { NotFoundError } from './state.js';
 export { BadOptionError, signalName } from './units.js';
 export { cpuUsageNs, freezerState, memoryUsage, oomKills, pidsCurrent, pidsLimitHits, cgroupExists } from './cgroup-stats.js';

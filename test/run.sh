@@ -53,33 +53,29 @@ redis_pid=$!
 # One dockerd for the whole run; tests isolate themselves by random repository names.
 node dist/test/harness/dockerd.js serve >"$work/dockerd.out" 2>"$work/dockerd.err" &
 dockerd_pid=$!
-for _ in $(seq 1 120); do
-  if grep -q '^DOCKER_HOST=' "$work/dockerd.out"; then break; fi
-  if ! kill -0 "$dockerd_pid" 2>/dev/null; then cat "$work/dockerd.err" >&2; echo "test/run.sh: dockerd did not start" >&2; exit 1; fi
-  sleep 0.5
-done
-SLIPWAY_TEST_DOCKER_HOST=$(sed -n 's/^DOCKER_HOST=//p' "$work/dockerd.out")
-[ -n "$SLIPWAY_TEST_DOCKER_HOST" ] || { cat "$work/dockerd.err" >&2; echo "test/run.sh: dockerd did not start in 60s" >&2; exit 1; }
-export SLIPWAY_TEST_DOCKER_HOST
+# Waits until server NAME (started as PID, printing to $work/NAME.out) has printed
+# a line starting with KEY=, for at most SECONDS; then the caller reads its lines.
+wait_ready() {
+  local name=$1 pid=$2 key=$3 seconds=$4
+  for _ in $(seq 1 $((seconds * 2))); do
+    if grep -q "^$key=" "$work/$name.out"; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.5
+  done
+  cat "$work/$name.err" >&2
+  echo "test/run.sh: $name did not start within ${seconds}s" >&2
+  exit 1
+}
+value_of() { sed -n "s/^$2=//p" "$work/$1.out"; }
 
-for _ in $(seq 1 120); do
-  if grep -q '^S3_SECRET_KEY=' "$work/radosgw.out"; then break; fi
-  if ! kill -0 "$radosgw_pid" 2>/dev/null; then cat "$work/radosgw.err" >&2; echo "test/run.sh: radosgw did not start" >&2; exit 1; fi
-  sleep 0.5
-done
-SLIPWAY_TEST_S3_ENDPOINT=$(sed -n 's/^S3_ENDPOINT=//p' "$work/radosgw.out")
-SLIPWAY_TEST_S3_ACCESS_KEY=$(sed -n 's/^S3_ACCESS_KEY=//p' "$work/radosgw.out")
-SLIPWAY_TEST_S3_SECRET_KEY=$(sed -n 's/^S3_SECRET_KEY=//p' "$work/radosgw.out")
-[ -n "$SLIPWAY_TEST_S3_SECRET_KEY" ] || { cat "$work/radosgw.err" >&2; echo "test/run.sh: radosgw did not start in 60s" >&2; exit 1; }
-export SLIPWAY_TEST_S3_ENDPOINT SLIPWAY_TEST_S3_ACCESS_KEY SLIPWAY_TEST_S3_SECRET_KEY
-
-for _ in $(seq 1 60); do
-  if grep -q '^REDIS_URL=' "$work/redis.out"; then break; fi
-  if ! kill -0 "$redis_pid" 2>/dev/null; then cat "$work/redis.err" >&2; echo "test/run.sh: redis-server did not start" >&2; exit 1; fi
-  sleep 0.5
-done
-SLIPWAY_TEST_REDIS_URL=$(sed -n 's/^REDIS_URL=//p' "$work/redis.out")
-[ -n "$SLIPWAY_TEST_REDIS_URL" ] || { cat "$work/redis.err" >&2; echo "test/run.sh: redis-server did not start in 30s" >&2; exit 1; }
-export SLIPWAY_TEST_REDIS_URL
+wait_ready dockerd "$dockerd_pid" DOCKER_HOST 60
+SLIPWAY_TEST_DOCKER_HOST=$(value_of dockerd DOCKER_HOST)
+wait_ready radosgw "$radosgw_pid" S3_SECRET_KEY 60
+SLIPWAY_TEST_S3_ENDPOINT=$(value_of radosgw S3_ENDPOINT)
+SLIPWAY_TEST_S3_ACCESS_KEY=$(value_of radosgw S3_ACCESS_KEY)
+SLIPWAY_TEST_S3_SECRET_KEY=$(value_of radosgw S3_SECRET_KEY)
+wait_ready redis "$redis_pid" REDIS_URL 30
+SLIPWAY_TEST_REDIS_URL=$(value_of redis REDIS_URL)
+export SLIPWAY_TEST_DOCKER_HOST SLIPWAY_TEST_S3_ENDPOINT SLIPWAY_TEST_S3_ACCESS_KEY SLIPWAY_TEST_S3_SECRET_KEY SLIPWAY_TEST_REDIS_URL
 
 node --test --enable-source-maps --test-concurrency=2 dist/test/*.test.js dist/test/unit/*.test.js
