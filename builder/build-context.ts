@@ -179,3 +179,19 @@ export async function openContext(store: Store, id: string, signal?: AbortSignal
 export async function deleteContext(store: Store, id: string): Promise<void> {
   await store.driver.delete(contextPath(id));
 }
+
+/**
+ * Removes stored contexts older than `maxAgeMs` (builds whose worker never came
+ * back to delete theirs); returns how many. Meant for the registry's hourly janitor.
+ */
+export async function purgeContexts(store: Store, maxAgeMs: number): Promise<number> {
+  const cutoff = Date.now() - maxAgeMs;
+  let removed = 0;
+  for await (const info of store.driver.walk('/slipway/contexts')) {
+    if (info.modTime.getTime() < cutoff) {
+      await store.driver.delete(info.path);
+      removed++;
+    }
+  }
+  return removed;
+}

@@ -5,7 +5,7 @@ export { BuildQueue, type BuildJobData, type QueueOptions } from './queue.js';
 export { startBuildWorker, type BuildWorkerOptions, type RunningWorker } from './worker.js';
 export { getRecord, listRecords, type BuildRecord, type BuildSpec, type BuildSource, type BuildStatus, type BuildFailure } from './records.js';
 export { readLog, followLog, type LogEntry } from './logs.js';
-export { packContext, extractContext, type PackStats } from './build-context.js';
+export { packContext, extractContext, purgeContexts, type PackStats } from './build-context.js';
 export { buildQuery, parseBuildQuery, validateRef } from './spec.js';
 export { addTrigger, listTriggers, removeTrigger, type Trigger } from './triggers.js';
 export {

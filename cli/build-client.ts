@@ -127,7 +127,11 @@ export async function logPrinter(tty: boolean): Promise<{ entry(e: LogEntry): vo
   const finished = (s: BuildStep) => s.status !== 'planned' && s.status !== 'running';
   return {
     entry(e) {
-      if (e.type === 'line') multi.log(`${e.text}\n`);
+      // Before the first step there is no bar, and multi.log() would hold the line back.
+      if (e.type === 'line') {
+        if (bar) multi.log(`${e.text}\n`);
+        else process.stderr.write(`${e.text}\n`);
+      }
       if (e.type !== 'step') return;
       steps.set(e.step.index, e.step);
       const total = Math.max(...steps.keys());
@@ -137,6 +141,9 @@ export async function logPrinter(tty: boolean): Promise<{ entry(e: LogEntry): vo
       bar.setTotal(total);
       bar.update(done, { label });
     },
-    stop: () => multi.stop(),
+    stop: () => {
+      if (bar) multi.update(); // writes the lines still held back
+      multi.stop();
+    },
   };
 }

@@ -32,10 +32,20 @@ export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry 
   const log = (m: string) => console.error(`slipway registry: ${m}`);
   const schedule = gc && gc.interval > 0 ? startGcSchedule(store, { ...gc, uploadMaxAge: cfg.uploadMaxAge * 1000, onReport: (r) => running.metrics.recordGcRun(r) }, log) : null;
   // The build API and git webhooks, when the registry has a build queue to feed.
-  const builds = cfg.redis
-    ? (await import('../builder/index.js')).mountBuilder(running.express, { redisUrl: cfg.redis, store, hookSecret: process.env.SLIPWAY_HOOK_SECRET })
+  const builder = cfg.redis ? await import('../builder/index.js') : null;
+  const builds = builder?.mountBuilder(running.express, {
+    redisUrl: cfg.redis,
+    store,
+    hookSecret: process.env.SLIPWAY_HOOK_SECRET,
+    publicUrl: process.env.SLIPWAY_PUBLIC_URL,
+  });
+  // Contexts of builds that no worker ever fetched (lost jobs) are removed after a week.
+  const contextJanitor = builder
+    ? setInterval(() => void builder.purgeContexts(store, 7 * 24 * 3600_000).catch((err: unknown) => console.error('slipway registry: purging build contexts:', err)), 3600_000)
     : null;
+  contextJanitor?.unref();
   const close = async () => {
+    if (contextJanitor) clearInterval(contextJanitor);
     await schedule?.stop();
     await running.close();
     await builds?.close();

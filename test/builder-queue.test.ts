@@ -6,6 +6,7 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { BuilderRoutesOptions } from '../builder/api.js';
+import { purgeContexts } from '../builder/build-context.js';
 import type { LogEntry } from '../builder/logs.js';
 import { BuildQueue } from '../builder/queue.js';
 import { freePort } from '../builder/redis.js';
@@ -286,13 +287,18 @@ describe('slipway build', () => {
       }
     }));
 
-  test('a client that hangs up mid-upload leaves no build and no stored context', () =>
+  test('a client that hangs up mid-upload leaves no build and no stored context; old contexts are purged', () =>
     withEnv(async (env) => {
       const head = `POST /api/builds?t=${env.host}/app:x HTTP/1.1\nHost: ${env.host}\nContent-Type: application/x-tar\nContent-Length: 1000000\n`;
       await sendAndHangUp(env.url, head, Buffer.alloc(300_000, 1));
       await sleep(300);
       assert.deepEqual(await env.queue.list(), []);
       assert.deepEqual(await readdir(join(env.dir, 'registry/slipway/contexts')).catch(() => []), []);
+      // A context whose build never ran is left for the janitor, which removes it once old.
+      await env.submit({ Dockerfile: 'LOG x\n' });
+      assert.equal(await purgeContexts(env.store, 60_000), 0);
+      assert.equal(await purgeContexts(env.store, -1000), 1);
+      assert.deepEqual(await readdir(join(env.dir, 'registry/slipway/contexts')), []);
     }));
 
   test('the context limit is enforced while streaming (413, clear message)', () =>

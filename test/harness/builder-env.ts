@@ -14,7 +14,7 @@ import { buildQuery } from '../../builder/spec.js';
 import { startBuildWorker, type BuildWorkerOptions, type RunningWorker } from '../../builder/worker.js';
 import { submitBuild } from '../../cli/build-client.js';
 import { createRegistryApp } from '../../registry/index.js';
-import { FilesystemDriver, createStore } from '../../storage/index.js';
+import { FilesystemDriver, createStore, type Store } from '../../storage/index.js';
 import { randomPrefix } from './redis.js';
 import { standInBuild } from './stand-in-build.js';
 
@@ -33,6 +33,7 @@ export interface BuilderEnv {
   prefix: string;
   redisUrl: string;
   queue: BuildQueue;
+  store: Store;
   dir: string;
   worker(opts?: Partial<BuildWorkerOptions>): Promise<RunningWorker>;
   /** A worker in a process of its own (killable), started with the stand-in build. */
@@ -66,6 +67,7 @@ export async function startBuilderEnv(redisUrl: string, opts: Partial<BuilderRou
     prefix,
     redisUrl,
     queue: mounted.queue,
+    store,
     dir,
     async worker(o = {}) {
       const w = await startBuildWorker({ redisUrl, prefix, root: join(dir, `worker-${workers.length}`), build: standInBuild, cancelPollMs: 300, ...o });
