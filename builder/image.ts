@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
 import type { HealthcheckOp, Op } from './dockerfile/instructions.js';
+import type { ImageRunConfig } from '../runner/index.js';
 
 export const MEDIA = {
   manifest: 'application/vnd.oci.image.manifest.v1+json',
@@ -15,16 +16,8 @@ export const MEDIA = {
 
 export const DEFAULT_SHELL = ['/bin/sh', '-c'];
 
-export interface ContainerConfig {
-  User?: string;
-  ExposedPorts?: Record<string, object>;
-  Env?: string[];
-  Entrypoint?: string[] | null;
-  Cmd?: string[] | null;
-  Volumes?: Record<string, object>;
-  WorkingDir?: string;
-  Labels?: Record<string, string>;
-  StopSignal?: string;
+/** The image config's `config`: what the runner reads, plus the build-only fields. */
+export interface ContainerConfig extends Omit<ImageRunConfig, 'Healthcheck'> {
   Healthcheck?: { Test: string[]; Interval?: number; Timeout?: number; StartPeriod?: number; StartInterval?: number; Retries?: number };
   Shell?: string[];
   OnBuild?: string[] | null;

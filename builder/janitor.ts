@@ -6,8 +6,7 @@
  */
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { mountPoints, unmountRootfs } from '../runner/index.js';
-
+import { mountPoints, processAlive, unmountRootfs } from '../runner/index.js';
 const swept = new Map<string, Promise<void>>();
 
 export function sweepOnce(workerRoot: string): Promise<void> {
@@ -21,7 +20,7 @@ export function sweepOnce(workerRoot: string): Promise<void> {
 
 async function sweep(tmp: string): Promise<void> {
   const names = await readdir(tmp).catch(() => [] as string[]);
-  const stale = names.filter((n) => !alive(Number(/^(?:build-)?(\d+)-/.exec(n)?.[1])));
+  const stale = names.filter((n) => !processAlive(Number(/^(?:build-)?(\d+)-/.exec(n)?.[1])));
   if (stale.length === 0) return;
   const mounted = await mountPoints();
   for (const name of stale) {
@@ -29,15 +28,5 @@ async function sweep(tmp: string): Promise<void> {
     const inside = mounted.filter((m) => m.startsWith(`${dir}/`)).sort((a, b) => b.length - a.length);
     for (const m of inside) await unmountRootfs(m).catch(() => undefined);
     await rm(dir, { recursive: true, force: true }).catch(() => undefined);
-  }
-}
-
-function alive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

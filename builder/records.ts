@@ -6,7 +6,7 @@
  * a cancel that wins a race with the worker stays a cancel.
  */
 import type { Redis } from 'ioredis';
-import type { BuildSecret, BuildStep } from './types.js';
+import type { BuildRequest, BuildStep } from './types.js';
 import { keys } from './redis.js';
 
 export type BuildStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
@@ -14,16 +14,7 @@ export const TERMINAL: readonly BuildStatus[] = ['succeeded', 'failed', 'cancell
 export const isTerminal = (s: BuildStatus): boolean => TERMINAL.includes(s);
 
 /** What to build, as the client asked (BuildRequest without the worker's paths). */
-export interface BuildSpec {
-  dockerfile: string;
-  tags: string[];
-  buildArgs: Record<string, string>;
-  target?: string;
-  noCache: boolean;
-  network: 'none' | 'host';
-  secrets: BuildSecret[];
-  labels: Record<string, string>;
-}
+export type BuildSpec = Omit<BuildRequest, 'id' | 'contextDir'>;
 
 /** Where the worker gets the context from. */
 export type BuildSource =

@@ -27,6 +27,7 @@ import type { ProgressListener } from './progress.js';
 import { defaultRegistry, formatReference, parseReference, type ImageReference } from './reference.js';
 import { RegistryClient, WANTED_PLATFORM, digestVerifier, type Descriptor, type ImageManifest } from './registry-client.js';
 import { unpackLayer } from './unpack.js';
+import { processAlive } from './pid.js';
 
 export interface ImageStoreOptions {
   /**
@@ -300,7 +301,7 @@ export class ImageStore {
       for (const d of ['refs', 'manifests/sha256', 'blobs/sha256', 'layers/sha256', 'tmp']) await mkdir(join(this.dir, d), { recursive: true });
       for (const name of await readdir(join(this.dir, 'tmp'))) {
         const pid = Number(name.split('-')[0]);
-        if (!alive(pid)) await rm(join(this.dir, 'tmp', name), { recursive: true, force: true });
+        if (!processAlive(pid)) await rm(join(this.dir, 'tmp', name), { recursive: true, force: true });
       }
     })();
     return this.ready;
@@ -355,13 +356,3 @@ async function writeAtomic(path: string, data: string | Buffer, tmp: string): Pr
 }
 
 const exists = (path: string): Promise<boolean> => stat(path).then(() => true, () => false);
-
-function alive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}

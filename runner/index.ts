@@ -18,3 +18,4 @@ export { progressPrinter, type LayerPhase, type ProgressListener, type PullProgr
 // For the builder (RUN steps run in a rootfs it prepares): in-root path and user resolution.
 export { resolveUser, secureJoin, type ResolvedUser } from './users.js';
 export { DEFAULT_CAPABILITIES, DEFAULT_PATH } from './spec.js';
+export { processAlive } from './pid.js';

@@ -1,6 +1,7 @@
 import { link, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NetworkError } from './errors.js';
+import { processAlive } from '../pid.js';
 
 /** A lock is held for one read-modify-write of the network state: well under a second. */
 const WAIT_MS = 30_000;
@@ -55,15 +56,6 @@ async function acquire(path: string): Promise<void> {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /**
  * Removes a lock whose owner is gone. It is renamed aside first and checked again there, so two
  * processes that both saw it stale cannot delete each other's fresh lock; a live lock taken by
@@ -74,7 +66,7 @@ async function takeOverIfStale(path: string): Promise<boolean> {
   if (!info) return true;
   const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
   const old = Date.now() - info.mtimeMs > STALE_MS;
-  const ownerGone = Number.isInteger(pid) && pid > 0 ? !alive(pid) : Date.now() - info.mtimeMs > 1000;
+  const ownerGone = Number.isInteger(pid) && pid > 0 ? !processAlive(pid) : Date.now() - info.mtimeMs > 1000;
   if (!old && !ownerGone) return false;
   const aside = `${path}.stale-${process.pid}-${Math.random().toString(36).slice(2)}`;
   try {
