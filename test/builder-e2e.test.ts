@@ -5,18 +5,17 @@
  * `slipway run` pulls and starts it.
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { addTrigger, build } from '../builder/index.js';
-import { freePort } from '../builder/redis.js';
 import { Runner } from '../runner/index.js';
 import { startBuilderEnv, type BuilderEnv } from './harness/builder-env.js';
+import { serveGit, type GitDaemon } from './harness/git.js';
 import { writeImageLayout } from './harness/oci-layout.js';
 import { sharedRedis } from './harness/redis.js';
 import { cleanupRunner, requireRoot, runnerCli } from './harness/runner.js';
@@ -28,7 +27,7 @@ requireRoot();
 let redis: { url: string; release(): Promise<void> };
 let env: BuilderEnv;
 let tmp: string;
-let daemon: ChildProcess | undefined;
+let daemon: GitDaemon | undefined;
 let repoUrl: string;
 let sha: string;
 
@@ -57,19 +56,12 @@ before(async () => {
   await git(work, 'commit', '-q', '-m', 'one');
   sha = await git(work, 'rev-parse', 'HEAD');
   await git(work, 'push', '-q', join(served, 'acme/app.git'), 'main');
-  const port = await freePort();
-  daemon = spawn('git', ['daemon', '--export-all', `--base-path=${served}`, `--port=${port}`, '--listen=127.0.0.1', '--reuseaddr', served], { stdio: 'ignore' });
-  repoUrl = `git://127.0.0.1:${port}/acme/app.git`;
-  for (let i = 0; ; i++) {
-    const ok = await execFileP('git', ['ls-remote', repoUrl]).then(() => true, () => false);
-    if (ok) break;
-    if (i > 100) throw new Error('git daemon did not start');
-    await sleep(100);
-  }
+  daemon = await serveGit(served, 'acme/app.git');
+  repoUrl = daemon.url('acme/app.git');
 });
 
 after(async () => {
-  daemon?.kill('SIGTERM');
+  daemon?.stop();
   await env?.close();
   await redis?.release();
   if (tmp) await cleanupRunner(new Runner({ root: join(tmp, 'runner'), runcRoot: join(tmp, 'runc') }), tmp);

@@ -1,13 +1,12 @@
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { freePort } from '../builder/redis.js';
 import { STAND_IN, startBuilderEnv, type BuilderEnv } from './harness/builder-env.js';
+import { serveGit, type GitDaemon } from './harness/git.js';
 import { sharedRedis } from './harness/redis.js';
 
 /*
@@ -33,7 +32,7 @@ async function git(cwd: string, ...args: string[]): Promise<string> {
 let redis: { url: string; release(): Promise<void> };
 let env: BuilderEnv;
 let tmp: string;
-let daemon: ChildProcess;
+let daemon: GitDaemon | undefined;
 let repoUrl: string;
 const shas: string[] = [];
 
@@ -55,19 +54,12 @@ before(async () => {
     shas.push(await git(work, 'rev-parse', 'HEAD'));
   }
   await git(work, 'push', '-q', join(served, 'acme/app.git'), 'main');
-  const port = await freePort();
-  daemon = spawn('git', ['daemon', '--export-all', `--base-path=${served}`, `--port=${port}`, '--listen=127.0.0.1', '--reuseaddr', '--informative-errors', served], {
-    stdio: 'ignore',
-  });
-  repoUrl = `git://127.0.0.1:${port}/acme/app.git`;
-  for (let i = 0; (await run('git', ['ls-remote', repoUrl])).code !== 0; i++) {
-    if (i > 100) throw new Error('git daemon did not start');
-    await sleep(100);
-  }
+  daemon = await serveGit(served, 'acme/app.git');
+  repoUrl = daemon.url('acme/app.git');
 });
 
 after(async () => {
-  daemon?.kill('SIGTERM');
+  daemon?.stop();
   await env?.close();
   await redis?.release();
   await rm(tmp, { recursive: true, force: true });

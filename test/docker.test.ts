@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
-import { sharedDocker, type Dockerd } from './harness/dockerd.js';
+import { dockerOk, pushedDigest, sharedDocker, type Dockerd } from './harness/dockerd.js';
 import { buildLayeredImage, importBusybox } from './harness/images.js';
 import { startRegistryProcess, type RegistryProcess } from './harness/registry.js';
 
@@ -39,18 +39,7 @@ const hex = (bytes = 4) => randomBytes(bytes).toString('hex');
 /** A repository name no other test (or earlier run) uses. */
 const uniqueRepo = (leaf: string) => `t${hex()}/${leaf}`;
 
-async function docker(args: string[]): Promise<string> {
-  const { stdout, stderr, code } = await dockerd.docker(args);
-  assert.equal(code, 0, `docker ${args.join(' ')} exited ${code}:\n${stderr}${stdout}`);
-  return stdout;
-}
-
-/** The digest `docker push` reports on its last line: `TAG: digest: sha256:… size: N`. */
-function pushedDigest(output: string): string {
-  const m = /: digest: (sha256:[0-9a-f]{64}) size: \d+/.exec(output);
-  assert.ok(m, `no digest in docker push output:\n${output}`);
-  return m[1]!;
-}
+const docker = (args: string[]): Promise<string> => dockerOk(dockerd, args);
 
 /** The last status docker printed for each layer, keyed by its short ID (non-TTY push output). */
 function layerStatuses(output: string): Map<string, string> {

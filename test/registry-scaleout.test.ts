@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { sharedDocker, type Dockerd } from './harness/dockerd.js';
+import { dockerOk, pushedDigest, sharedDocker, type Dockerd } from './harness/dockerd.js';
 import { assertPullable, pushImage } from './harness/gc.js';
 import { MT, http, sha256 } from './harness/http.js';
 import { importBusybox } from './harness/images.js';
@@ -24,17 +24,7 @@ let b: RegistryProcess;
 const madeRefs = new Set<string>();
 const repoName = (leaf: string): string => `scale${randomBytes(4).toString('hex')}/${leaf}`;
 
-async function docker(args: string[]): Promise<string> {
-  const { stdout, stderr, code } = await dockerd.docker(args);
-  assert.equal(code, 0, `docker ${args.join(' ')} exited ${code}:\n${stderr}${stdout}`);
-  return stdout;
-}
-
-function pushedDigest(output: string): string {
-  const m = /: digest: (sha256:[0-9a-f]{64}) size: \d+/.exec(output);
-  assert.ok(m, `no digest in docker push output:\n${output}`);
-  return m[1]!;
-}
+const docker = (args: string[]): Promise<string> => dockerOk(dockerd, args);
 
 /** The manifest a registry serves for a reference, and every blob it names, verified by digest. */
 async function assertServed(reg: RegistryProcess, repo: string, ref: string, digest: string): Promise<void> {

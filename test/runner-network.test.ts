@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { createNetwork, execInNetns, isolationChain, netnsCommand, netnsNameFor, NetworkError, parsePublish, publishPorts, shortId, type NetworkManager } from '../runner/network/index.js';
 import { run } from '../runner/network/exec.js';
+import { freePort } from '../builder/redis.js';
 
 const newId = () => randomBytes(32).toString('hex');
 const tag = randomBytes(3).toString('hex');
@@ -65,15 +66,6 @@ async function connectsFrom(netnsPath: string, host: string, port: number): Prom
   const code = `const s = require('net').connect(${port}, '${host}'); s.setTimeout(1000, () => { console.log('no'); process.exit(0); });
     s.on('connect', () => { console.log('yes'); process.exit(0); }).on('error', () => { console.log('no'); process.exit(0); });`;
   return (await execInNetns(netnsPath, [process.execPath, '-e', code])).trim() === 'yes';
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** A network of its own for this file: a fresh root, bridge and /24 (tried until one is free). */

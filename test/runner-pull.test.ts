@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { open, mkdir, readFile, readdir, readlink, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { ImageStore } from '../runner/image-store.js';
 import type { PullProgress } from '../runner/progress.js';
@@ -14,6 +13,7 @@ import { hostileCases, layerOf } from './harness/hostile-layers.js';
 import { MT, pushBlob, putManifest } from './harness/http.js';
 import { OCI, writeImageLayout, writeIndexLayout } from './harness/oci-layout.js';
 import { startRegistryProcess, tempDir, type RegistryProcess } from './harness/registry.js';
+import { freePort } from '../builder/redis.js';
 
 /*
  * Pulling into the node's image store from a real `slipway registry` process and from
@@ -294,14 +294,6 @@ test('bad input gets a clear error and leaves the store empty', { timeout: SKOPE
 
   assert.deepEqual(await contents(store), EMPTY, 'a failed pull left something in the store');
 });
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** Debian's docker-registry on a free loopback port over a temporary directory. */
 async function startDistribution(): Promise<{ host: string; child: ChildProcess; dir: string }> {

@@ -127,6 +127,20 @@ async function stopOrphanContainerd(dir: string): Promise<void> {
   if (await ours()) process.kill(pid, 'SIGKILL');
 }
 
+/** Runs `docker ARGS` and fails the test, with docker's output, unless it exits 0; returns stdout. */
+export async function dockerOk(dockerd: Dockerd, args: string[]): Promise<string> {
+  const { stdout, stderr, code } = await dockerd.docker(args);
+  if (code !== 0) throw new Error(`docker ${args.join(' ')} exited ${code}:\n${stderr}${stdout}`);
+  return stdout;
+}
+
+/** The digest `docker push` reports on its last line: `TAG: digest: sha256:… size: N`. */
+export function pushedDigest(output: string): string {
+  const m = /: digest: (sha256:[0-9a-f]{64}) size: \d+/.exec(output);
+  if (!m) throw new Error(`no digest in docker push output:\n${output}`);
+  return m[1]!;
+}
+
 /**
  * Starts Debian's dockerd with every path (data root, exec root, socket, pidfile) under a fresh
  * short temp dir in /tmp (unix socket paths are limited to ~108 bytes), no bridge and no iptables,
