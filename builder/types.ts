@@ -11,6 +11,13 @@ export interface BuildSecret {
   env?: string;
 }
 
+/**
+ * The id under which a git source's credentials (`user:password`, split off the
+ * clone URL) travel with a build like its other secrets. Callers of the API cannot
+ * name it: ids starting with `slipway.` are reserved.
+ */
+export const GIT_CREDENTIALS_SECRET = 'slipway.git-credentials';
+
 export interface BuildRequest {
   /** Unique id of the build (the BullMQ job id). */
   id: string;
