@@ -90,26 +90,7 @@ export class BuildContext {
   /** The path with every symlink on the way resolved, refusing any that leaves the context. */
   private async follow(rel: string, spec: string): Promise<string> {
     const list = await this.listing();
-    const pending = rel === '' ? [] : rel.split('/');
-    let current = '';
-    for (let hops = 0; pending.length; ) {
-      const next = posix.join(current || '.', pending.shift()!).replace(/^\.$/, '');
-      const e = list.get(next);
-      if (!e) throw new SourceError(await this.missing(spec, next));
-      if (e.type !== 'symlink') {
-        current = next;
-        continue;
-      }
-      if (++hops > 40) throw new SourceError(`${spec}: too many levels of symbolic links`);
-      const target = e.link!;
-      const joined = posix.normalize(posix.join(posix.dirname(next), target));
-      if (target.startsWith('/') || joined === '..' || joined.startsWith('../')) {
-        throw new SourceError(`${spec}: ${next} is a symlink to ${target}, which is outside the build context; refusing to follow it`);
-      }
-      pending.unshift(...joined.split('/').filter((p) => p !== '.' && p !== ''));
-      current = '';
-    }
-    return current;
+    return followInside(rel, spec, async (path) => list.get(path) ?? new SourceError(await this.missing(spec, path)));
   }
 
   private async missing(spec: string, at: string): Promise<string> {
@@ -143,6 +124,51 @@ export class BuildContext {
     await visit('');
     return out;
   }
+}
+
+type LinkLookup = (path: string) => Promise<{ type: EntryType; link?: string } | SourceError>;
+
+/**
+ * `rel` with every symlink on the way resolved against the context (as COPY sees it), through
+ * `lookup` (the listing, or the disk). A link to an absolute path, or one whose `..` climbs
+ * out, is refused, so nothing outside the context is ever read.
+ */
+async function followInside(rel: string, spec: string, lookup: LinkLookup): Promise<string> {
+  const pending = rel === '' ? [] : rel.split('/');
+  let current = '';
+  for (let hops = 0; pending.length; ) {
+    const next = posix.join(current || '.', pending.shift()!).replace(/^\.$/, '');
+    const e = await lookup(next);
+    if (e instanceof SourceError) throw e;
+    if (e.type !== 'symlink') {
+      current = next;
+      continue;
+    }
+    if (++hops > 40) throw new SourceError(`${spec}: too many levels of symbolic links`);
+    const target = e.link!;
+    const joined = posix.normalize(posix.join(posix.dirname(next), target));
+    if (target.startsWith('/') || joined === '..' || joined.startsWith('../')) {
+      throw new SourceError(`${spec}: ${next} is a symlink to ${target}, which is outside the build context; refusing to follow it`);
+    }
+    pending.unshift(...joined.split('/').filter((p) => p !== '.' && p !== ''));
+    current = '';
+  }
+  return current;
+}
+
+/**
+ * The Dockerfile (or another file the build reads itself) inside the context: resolved like a
+ * COPY source, whatever .dockerignore says, and only a regular file. Returns its host path.
+ */
+export async function contextFile(root: string, spec: string): Promise<string> {
+  const rel = await followInside(normalizeSource(spec), spec, async (path) => {
+    const st = await lstat(join(root, path)).catch(() => undefined);
+    if (!st) return new SourceError(`${spec} is not in the build context`);
+    return st.isSymbolicLink() ? { type: 'symlink', link: await readlink(join(root, path)) } : { type: st.isDirectory() ? 'dir' : st.isFile() ? 'file' : 'other' };
+  });
+  const st = await lstat(join(root, rel));
+  if (!st.isFile()) throw new SourceError(`${spec} is not a regular file in the build context`);
+  return join(root, rel);
 }
 
 /** A source as written → a clean path relative to the context root ('' for the root). */

@@ -96,7 +96,7 @@ export class StageRunner {
   private async makeLayer(ps: PlannedStep, state: StageResult): Promise<LayerRef | undefined> {
     const dirs = await Promise.all(state.layers.map((l) => this.env.layers.ensure(l, this.env.signal)));
     const work = this.env.layers.tmpDir();
-    await mkdir(work, { recursive: true });
+    await mkdir(work, { recursive: true, mode: 0o700 });
     try {
       const mounted = await mountRootfs(dirs, work);
       let created: string[] = [];

@@ -12,14 +12,17 @@
  *   <workerRoot>/layers/  unpacked layers (layers.ts)      <workerRoot>/blobs/  config blobs
  *   <workerRoot>/cache-mounts/  RUN --mount=type=cache     <workerRoot>/runc/   runc's state
  *   <workerRoot>/tmp/  per-build scratch, removed when the build ends
+ *   <workerRoot>/contexts/  contexts the queue worker extracted
+ * The root is 0700 (runner/private.ts): layers hold whatever device nodes RUN steps made.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { findRunc, RuncMissingError } from '../runner/index.js';
-import { BuildError, type BuildFunction, type BuildLogger, type BuildRequest, type BuildResult } from './types.js';
+import { findRunc, privateDir, privateRoot, RuncMissingError } from '../runner/index.js';
+import { BuildError, type BuildFunction, type BuildLimits, type BuildLogger, type BuildRequest, type BuildResult } from './types.js';
+import { DEFAULT_BUILD_LIMITS } from './run.js';
 import { BuildCache } from './cache.js';
-import { BuildContext } from './context.js';
+import { BuildContext, SourceError, contextFile } from './context.js';
 import { decide, planLines } from './decide.js';
 import { DockerfileError } from './dockerfile/errors.js';
 import { parseDockerfile } from './dockerfile/parse.js';
@@ -34,6 +37,9 @@ import { Pusher } from './push.js';
 import { BuildRegistry, RegistryUnavailableError, repoOf, type RepoRef } from './registry.js';
 import { Resolver } from './resolve.js';
 
+/** The worker's directories, 0700 whatever the umask (contexts/ is the queue worker's). */
+const LAYOUT = ['layers', 'layers/sha256', 'blobs', 'blobs/sha256', 'cache-mounts', 'runc', 'tmp', 'contexts'];
+
 export const build: BuildFunction = async (req, log, opts) => {
   const started = Date.now();
   const abort = new AbortController();
@@ -43,9 +49,13 @@ export const build: BuildFunction = async (req, log, opts) => {
   const scratch = join(opts.workerRoot, 'tmp', `build-${process.pid}-${randomBytes(6).toString('hex')}`);
   try {
     if (opts.signal?.aborted) throw new BuildError('the build was cancelled', 'user');
+    await privateRoot(opts.workerRoot, 'the builder root');
+    for (const d of LAYOUT) await privateDir(join(opts.workerRoot, d));
     await sweepOnce(opts.workerRoot);
-    await mkdir(scratch, { recursive: true });
-    return await runBuild(req, log, { workerRoot: opts.workerRoot, signal: abort.signal, stop: onAbort, registry, scratch, started });
+    await privateDir(scratch);
+    const limits = { ...DEFAULT_BUILD_LIMITS, ...definedOnly(opts.limits ?? {}) };
+    const allowLocalUrls = opts.allowLocalUrls === true;
+    return await runBuild(req, log, { workerRoot: opts.workerRoot, signal: abort.signal, stop: onAbort, registry, scratch, started, limits, allowLocalUrls });
   } catch (err) {
     throw asBuildError(err, opts.signal?.aborted ?? false);
   } finally {
@@ -63,6 +73,8 @@ interface Setup {
   registry: BuildRegistry;
   scratch: string;
   started: number;
+  limits: BuildLimits;
+  allowLocalUrls: boolean;
 }
 
 async function runBuild(req: BuildRequest, log: BuildLogger, s: Setup): Promise<BuildResult> {
@@ -86,6 +98,7 @@ async function runBuild(req: BuildRequest, log: BuildLogger, s: Setup): Promise<
     runcRoot: join(s.workerRoot, 'runc'),
     cacheRoot: join(s.workerRoot, 'cache-mounts'),
     scratch: s.scratch,
+    limits: s.limits,
   });
   const result = await runStages(runner, [...decisions.keys()], plan.target, s.stop);
   await Promise.all(runner.records);
@@ -98,17 +111,25 @@ async function runBuild(req: BuildRequest, log: BuildLogger, s: Setup): Promise<
 
 /** Dockerfile → stages → the plan of the target (every key computed, nothing run). */
 async function planBuild(req: BuildRequest, dockerfile: string, s: Setup): Promise<{ plan: Plan; context: BuildContext }> {
-  const text = await readFile(join(req.contextDir, dockerfile), 'utf8').catch(() => {
-    throw new BuildError(`cannot read the Dockerfile: ${dockerfile} is not in the build context`, 'user');
-  });
+  const text = await readDockerfile(req.contextDir, dockerfile);
   const parsed = parseDockerfile(text, dockerfile);
   const stages = splitStages(parsed, dockerfile);
   const names = stages.stages.map((st) => parseFrom(st.from, stages, globalArgValues(stages, req.buildArgs)).name);
   const target = targetStage(stages, names, req.target);
   const context = new BuildContext(req.contextDir, await loadIgnore(req.contextDir, dockerfile));
-  const plan = await makePlan({ stages, req, context, resolver: new Resolver(s.registry), scratchDir: s.scratch, signal: s.signal }, target.index);
+  const plan = await makePlan({ stages, req, context, resolver: new Resolver(s.registry), scratchDir: s.scratch, allowLocalUrls: s.allowLocalUrls, signal: s.signal }, target.index);
   plan.warnings.unshift(...parsed.warnings);
   return { plan, context };
+}
+
+/** The Dockerfile's text, resolved inside the context like a COPY source (a link out of it is refused, unread). */
+async function readDockerfile(contextDir: string, dockerfile: string): Promise<string> {
+  try {
+    return await readFile(await contextFile(contextDir, dockerfile), 'utf8');
+  } catch (err) {
+    if (err instanceof SourceError) throw new BuildError(`cannot read the Dockerfile: ${err.message}`, 'user');
+    throw err;
+  }
 }
 
 /** The target's config and manifest, pushed to every tag that does not have it yet. */
@@ -144,6 +165,8 @@ function needsRunc(plan: Plan, decisions: Map<number, { firstRun: number }>): bo
   }
   return false;
 }
+
+const definedOnly = <T extends object>(o: T): Partial<T> => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 
 function safeRepo(tag: string): ReturnType<typeof repoOf> {
   try {

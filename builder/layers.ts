@@ -13,7 +13,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform } from 'node:stream';
-import { unpackLayer } from '../runner/index.js';
+import { PRIVATE_FILE_MODE, unpackLayer } from '../runner/index.js';
 import type { BuildRegistry, RepoRef } from './registry.js';
 
 export interface LayerRef {
@@ -58,9 +58,9 @@ export class LayerStore {
       return join(final, 'fs');
     }
     const work = this.tmpDir();
-    await mkdir(work, { recursive: true });
+    await mkdir(work, { recursive: true, mode: 0o700 });
     await rename(dir, join(work, 'fs'));
-    await writeFile(join(work, 'layer.json'), JSON.stringify({ digest: layer.digest, diffId: layer.diffId, size: layer.size }));
+    await writeFile(join(work, 'layer.json'), JSON.stringify({ digest: layer.digest, diffId: layer.diffId, size: layer.size }), { mode: PRIVATE_FILE_MODE });
     await this.place(work, final);
     return join(final, 'fs');
   }
@@ -69,14 +69,14 @@ export class LayerStore {
     const final = this.dir(layer.digest);
     if (await exists(join(final, 'layer.json'))) return join(final, 'fs');
     const work = this.tmpDir();
-    await mkdir(work, { recursive: true });
+    await mkdir(work, { recursive: true, mode: 0o700 });
     try {
       const res = await this.registry.openBlob(layer.source, layer, signal);
       const verified = verifier(layer.digest, layer.size);
       res.on('error', (err) => verified.destroy(err));
       const unpacked = await unpackLayer(res.pipe(verified), join(work, 'fs'), layer.digest);
       if (unpacked.diffId !== layer.diffId) throw new Error(`layer ${layer.digest} unpacks to ${unpacked.diffId}, but its image lists diff_id ${layer.diffId}`);
-      await writeFile(join(work, 'layer.json'), JSON.stringify({ digest: layer.digest, diffId: layer.diffId, size: layer.size }));
+      await writeFile(join(work, 'layer.json'), JSON.stringify({ digest: layer.digest, diffId: layer.diffId, size: layer.size }), { mode: PRIVATE_FILE_MODE });
       await this.place(work, final);
       return join(final, 'fs');
     } finally {
@@ -85,7 +85,7 @@ export class LayerStore {
   }
 
   private async place(work: string, final: string): Promise<void> {
-    await mkdir(join(final, '..'), { recursive: true });
+    await mkdir(join(final, '..'), { recursive: true, mode: 0o700 });
     await rename(work, final).catch(async (err: NodeJS.ErrnoException) => {
       if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err;
       await rm(work, { recursive: true, force: true }); // another build placed it first

@@ -44,7 +44,7 @@ export async function copyInputs(h: InputsHost, op: Extract<Op, { kind: 'COPY' |
   }
   const urls = op.kind === 'ADD' ? op.sources.filter(isUrl) : [];
   const local = op.sources.filter((s) => !urls.includes(s));
-  ps.urls = await Promise.all(urls.map((u) => fetchUrl(u, h.env.scratchDir, h.env.signal).catch((err: Error) => h.fail(ps.node.line, `ADD failed: ${err.message}`))));
+  ps.urls = await Promise.all(urls.map((u) => fetchUrl(u, h.env.scratchDir, { allowLocal: h.env.allowLocalUrls || h.env.req.network === 'host', signal: h.env.signal }).catch((err: Error) => h.fail(ps.node.line, `ADD failed: ${err.message}`))));
   for (const u of ps.urls) if (op.checksum && u.digest !== op.checksum) h.fail(ps.node.line, `ADD failed: ${u.url} has digest ${u.digest}, not the --checksum ${op.checksum}`);
   ps.sources = await contextSources(h, ps.node, local, op.exclude);
   const d = await digestSources(ps.sources);

@@ -60,5 +60,7 @@ export interface PlanEnv {
   context: BuildContext;
   resolver: Resolver;
   scratchDir: string;
+  /** ADD <url> may reach loopback, link-local and the worker's own addresses (fetch.ts). */
+  allowLocalUrls: boolean;
   signal?: AbortSignal;
 }

@@ -8,14 +8,20 @@
  * rootfs, hence in the upper dir. Those it had to create are listed and removed again
  * before the layer is made (mountPointsToRemove), so no secret mount point and no /proc
  * appears in an image.
+ *
+ * The step's cgroup (/slipway-build/<id>) carries the worker's limits (memory, pids, a CPU
+ * quota) and docker's device allowlist: a step may mknod (images ship device nodes), but
+ * cannot open what it made. Seccomp is not applied yet: it comes with the sandbox parity
+ * work, shared by RUN steps and containers.
  */
 import { spawn } from 'node:child_process';
 import { chmod, chown, lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join, posix } from 'node:path';
 import { createInterface } from 'node:readline';
-import { DEFAULT_CAPABILITIES, DEFAULT_PATH, lastRuncError, resolveUser, secureJoin } from '../runner/index.js';
+import { DEFAULT_CAPABILITIES, DEFAULT_PATH, MASKED_PATHS, READONLY_PATHS, STANDARD_MOUNTS, lastRuncError, nofileLimit, resolveUser, sandboxResources, secureJoin } from '../runner/index.js';
 import { envMap } from './image.js';
+import type { BuildLimits } from './types.js';
 
 export interface SpecMount {
   destination: string;
@@ -38,6 +44,7 @@ export interface RunRequest {
   workdir: string;
   network: 'none' | 'host';
   mounts: SpecMount[];
+  limits: BuildLimits;
   signal?: AbortSignal;
   onLine(line: string): void;
 }
@@ -49,16 +56,9 @@ export interface RunOutcome {
   lastLines: string[];
 }
 
-const STANDARD_MOUNTS: SpecMount[] = [
-  { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
-  { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
-  { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
-  { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
-  { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-  { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
-];
-const MASKED = ['/proc/asound', '/proc/acpi', '/proc/kcore', '/proc/keys', '/proc/latency_stats', '/proc/timer_list', '/proc/timer_stats', '/proc/sched_debug', '/proc/scsi', '/sys/firmware'];
-const READONLY = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+/** Limits when the worker sets none: generous for a build, bounded for the machine. */
+export const DEFAULT_BUILD_LIMITS: BuildLimits = { memory: 2 * 1024 ** 3, pids: 4096, cpus: availableParallelism() };
+
 const KEEP_LINES = 20;
 
 /** Paths (and their parents) the mounts need that do not exist yet in `rootfs`. */
@@ -88,7 +88,7 @@ export async function runInRootfs(r: RunRequest): Promise<RunOutcome> {
       env,
       cwd,
       capabilities: { bounding: DEFAULT_CAPABILITIES, effective: caps, permitted: caps },
-      rlimits: [nofile()],
+      rlimits: [nofileLimit()],
       noNewPrivileges: false,
     },
     root: { path: r.rootfs, readonly: false },
@@ -96,9 +96,10 @@ export async function runInRootfs(r: RunRequest): Promise<RunOutcome> {
     mounts: [...STANDARD_MOUNTS, ...r.mounts],
     linux: {
       cgroupsPath: `/slipway-build/${r.id}`,
+      resources: sandboxResources(r.limits),
       namespaces: [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }, ...(r.network === 'none' ? [{ type: 'network' }] : [])],
-      maskedPaths: MASKED,
-      readonlyPaths: READONLY,
+      maskedPaths: MASKED_PATHS,
+      readonlyPaths: READONLY_PATHS,
     },
   };
   await writeFile(join(r.bundle, 'config.json'), JSON.stringify(spec));
@@ -153,12 +154,6 @@ function withDefaults(env: string[], home: string): string[] {
   if (!m.has('PATH')) out.unshift(DEFAULT_PATH);
   if (!m.has('HOME')) out.push(`HOME=${home}`);
   return out;
-}
-
-function nofile(): { type: string; hard: number; soft: number } {
-  const line = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
-  const hard = line?.[2] === undefined || line[2] === 'unlimited' ? 1048576 : Math.min(Number(line[2]), 1048576);
-  return { type: 'RLIMIT_NOFILE', hard, soft: hard };
 }
 
 /** Writes `content` as a file for a bind mount (a secret, a heredoc script), owned and moded as asked. */

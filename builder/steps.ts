@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { resolveUser, secureJoin } from '../runner/index.js';
-import { BuildError, type BuildLogger, type BuildRequest } from './types.js';
+import { BuildError, type BuildLimits, type BuildLogger, type BuildRequest } from './types.js';
 import type { BuildCache } from './cache.js';
 import type { BuildContext, ResolvedSource } from './context.js';
 import { copyInto } from './copy.js';
@@ -44,6 +44,7 @@ export interface ExecEnv {
   runcRoot: string;
   cacheRoot: string;
   scratch: string;
+  limits: BuildLimits;
 }
 
 /** Another stage's or image's filesystem, mounted for a step to read. */
@@ -83,6 +84,7 @@ export async function runStep(s: StepContext, op: Extract<Op, { kind: 'RUN' }>):
         workdir: cfg.WorkingDir ?? '/',
         network: runNetwork(op, env.req),
         mounts: prepared.mounts,
+        limits: env.limits,
         signal: env.signal,
         onLine: (line) => env.log.line(`#${ps.step.index} ${line}`),
       });

@@ -4,11 +4,14 @@
  * /api/builds), which calls `build()` for each job.
  */
 
+/**
+ * A build secret's bytes, as the client sent them (`slipway build --secret` reads the
+ * file or variable on the client's machine). The server never resolves a path or a
+ * variable a caller names; the worker holds the value in memory for the build only.
+ */
 export interface BuildSecret {
   id: string;
-  /** Source on the worker: a file, or an environment variable of the worker. */
-  src?: string;
-  env?: string;
+  value: Buffer;
 }
 
 /**
@@ -90,6 +93,23 @@ export interface BuildOptions {
   signal?: AbortSignal;
   /** Redis connection for the cross-worker cache index, when the worker has one. */
   redisUrl?: string;
+  /** Limits of every RUN step's cgroup; a field left out takes DEFAULT_BUILD_LIMITS' (builder/run.ts). */
+  limits?: Partial<BuildLimits>;
+  /**
+   * ADD <url> may fetch from loopback, link-local and this worker's own addresses (refused
+   * otherwise, unless the build runs with network=host). For tests and trusted setups.
+   */
+  allowLocalUrls?: boolean;
+}
+
+/** Limits of a RUN step; 0 means none. */
+export interface BuildLimits {
+  /** Bytes of memory (swap: as much again). */
+  memory: number;
+  /** Processes and threads. */
+  pids: number;
+  /** CPUs, as a CFS quota (0.5 = half of one). */
+  cpus: number;
 }
 
 /** The executor's entry point, implemented in builder/executor.ts. */

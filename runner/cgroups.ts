@@ -152,16 +152,40 @@ export const DEFAULT_DEVICE_RULES: DeviceRule[] = [
   { allow: true, type: 'c', major: 136, access: 'rwm' }, // pts/*
 ];
 
+/** Memory limit and swap as docker sets them: swap (memory + swap) twice the limit unless given; -1 unlimited. */
+function memoryLimit(memory: number, memorySwap: number): Record<string, unknown> {
+  const swap = memorySwap === -1 ? -1 : memorySwap > 0 ? memorySwap : 2 * memory;
+  return { limit: memory, ...(swapAccounting() ? { swap } : {}) };
+}
+
+const cpuQuota = (nanoCpus: number) => ({ quota: Math.round((nanoCpus / 1e9) * CPU_PERIOD), period: CPU_PERIOD });
+
+/** Fixed limits of a sandboxed process that is no container (a build's RUN step); 0 means none. */
+export interface SandboxLimits {
+  /** Bytes. */
+  memory: number;
+  pids: number;
+  /** CPUs, as --cpus (0.5 = half of one). */
+  cpus: number;
+}
+
+/** linux.resources for `limits`, with docker's device allowlist (mknod allowed, no access to what it makes). */
+export function sandboxResources(limits: SandboxLimits): Record<string, unknown> {
+  return {
+    devices: DEFAULT_DEVICE_RULES,
+    ...(limits.memory > 0 ? { memory: memoryLimit(limits.memory, 0) } : {}),
+    ...(limits.cpus > 0 ? { cpu: cpuQuota(limits.cpus * 1e9) } : {}),
+    ...(limits.pids > 0 ? { pids: { limit: limits.pids } } : {}),
+  };
+}
+
 /** linux.resources of the runtime spec. `extraDevices` are the --device allow rules. */
 export async function linuxResources(hc: HostConfig, extraDevices: DeviceRule[]): Promise<Record<string, unknown>> {
   const r: Record<string, unknown> = { devices: [...DEFAULT_DEVICE_RULES, ...extraDevices] };
-  if (hc.Memory > 0) {
-    const swap = hc.MemorySwap === -1 ? -1 : hc.MemorySwap > 0 ? hc.MemorySwap : 2 * hc.Memory;
-    r.memory = { limit: hc.Memory, ...(swapAccounting() ? { swap } : {}) };
-  }
+  if (hc.Memory > 0) r.memory = memoryLimit(hc.Memory, hc.MemorySwap);
   const cpu: Record<string, unknown> = {};
   if (hc.CpuShares) cpu.shares = hc.CpuShares;
-  if (hc.NanoCpus) Object.assign(cpu, { quota: Math.round((hc.NanoCpus / 1e9) * CPU_PERIOD), period: CPU_PERIOD });
+  if (hc.NanoCpus) Object.assign(cpu, cpuQuota(hc.NanoCpus));
   if (hc.CpusetCpus) cpu.cpus = hc.CpusetCpus;
   if (hc.CpusetMems) cpu.mems = hc.CpusetMems;
   if (Object.keys(cpu).length) r.cpu = cpu;

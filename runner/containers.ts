@@ -17,6 +17,7 @@ import { writeLogs, type LogSink } from './log-reader.js';
 import type { ContainerConfig, ContainerRecord, RuntimeState } from './model.js';
 import { parseRunFlags, type ConfigOverrides, type RunFlags } from './options.js';
 import { runnerPaths, type RootOptions, type RunnerPaths } from './paths.js';
+import { privateRoot } from './private.js';
 import { removeContainerFiles } from './remove.js';
 import { findRunc, Runc } from './runc.js';
 import { generateName, initialState, listIds, readRecord, releaseName, reserveName, resolveId, writeJsonAtomic, writeState } from './state.js';
@@ -74,6 +75,7 @@ export class Runner implements RunnerContext {
     this.runc();
     const parsed = parseRunFlags(req.flags ?? {}, this.env);
     await validateResources(parsed.hostConfig);
+    await privateRoot(this.paths.root, 'the runner root');
     const image = await this.image(req.image);
     const id = randomBytes(32).toString('hex');
     const name = parsed.name ?? generateName();

@@ -28,6 +28,7 @@ import { defaultRegistry, formatReference, parseReference, type ImageReference }
 import { RegistryClient, WANTED_PLATFORM, digestVerifier, type Descriptor, type ImageManifest } from './registry-client.js';
 import { unpackLayer } from './unpack.js';
 import { processAlive } from './pid.js';
+import { PRIVATE_FILE_MODE, privateDir, privateRoot } from './private.js';
 
 export interface ImageStoreOptions {
   /**
@@ -63,6 +64,7 @@ const hexOf = (digest: string): string => digest.slice(digest.indexOf(':') + 1);
 
 export class ImageStore {
   readonly dir: string;
+  private readonly root: string;
   private readonly client: RegistryClient;
   private readonly pins = new Map<string, number>();
   private readonly inflight = new Map<string, Promise<void>>();
@@ -72,6 +74,7 @@ export class ImageStore {
     root: string,
     private readonly opts: ImageStoreOptions = {},
   ) {
+    this.root = root;
     this.dir = join(root, 'images');
     this.client = opts.client ?? new RegistryClient(opts.env);
   }
@@ -197,13 +200,13 @@ export class ImageStore {
     const res = await this.client.openBlob(ref, layer, opts.signal);
     const work = this.tmp();
     try {
-      await mkdir(work);
+      await mkdir(work, { mode: 0o700 });
       const onBytes = (n: number) => opts.onProgress?.({ digest: layer.digest, phase: 'downloading', current: n, total: layer.size });
       const verified = digestVerifier(layer, name, onBytes);
       res.on('error', (err) => verified.destroy(err));
       const unpacked = await unpackLayer(res.pipe(verified), join(work, 'fs'), layer.digest);
       if (diffId && diffId !== unpacked.diffId) throw new Error(`${name} ${layer.digest} unpacks to ${unpacked.diffId}, but the image config lists diff_id ${diffId}; the image is inconsistent`);
-      await writeFile(join(work, 'layer.json'), JSON.stringify({ digest: layer.digest, diffId: unpacked.diffId, size: layer.size }));
+      await writeFile(join(work, 'layer.json'), JSON.stringify({ digest: layer.digest, diffId: unpacked.diffId, size: layer.size }), { mode: PRIVATE_FILE_MODE });
       await rename(work, this.path('layers', layer.digest)).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOTEMPTY' && err.code !== 'EEXIST') throw err; // another pull won the race: keep its copy
       });
@@ -295,10 +298,11 @@ export class ImageStore {
     return join(this.dir, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}`);
   }
 
-  /** Creates the layout; drops tmp/ leftovers of processes that are gone. */
+  /** Creates the layout (the root private: layers hold device nodes); drops tmp/ leftovers of processes that are gone. */
   private init(): Promise<void> {
     this.ready ??= (async () => {
-      for (const d of ['refs', 'manifests/sha256', 'blobs/sha256', 'layers/sha256', 'tmp']) await mkdir(join(this.dir, d), { recursive: true });
+      await privateRoot(this.root, 'the runner root');
+      for (const d of ['', 'refs', 'manifests', 'manifests/sha256', 'blobs', 'blobs/sha256', 'layers', 'layers/sha256', 'tmp']) await privateDir(join(this.dir, d));
       for (const name of await readdir(join(this.dir, 'tmp'))) {
         const pid = Number(name.split('-')[0]);
         if (!processAlive(pid)) await rm(join(this.dir, 'tmp', name), { recursive: true, force: true });
@@ -351,7 +355,7 @@ async function writeOnce(path: string, bytes: Buffer, tmp: string): Promise<void
 }
 
 async function writeAtomic(path: string, data: string | Buffer, tmp: string): Promise<void> {
-  await writeFile(tmp, data);
+  await writeFile(tmp, data, { mode: PRIVATE_FILE_MODE });
   await rename(tmp, path);
 }
 

@@ -17,5 +17,9 @@ export { mountPoints, mountRootfs, unmountRootfs, type MountedRootfs } from './o
 export { progressPrinter, type LayerPhase, type ProgressListener, type PullProgress } from './progress.js';
 // For the builder (RUN steps run in a rootfs it prepares): in-root path and user resolution.
 export { resolveUser, secureJoin, type ResolvedUser } from './users.js';
-export { DEFAULT_CAPABILITIES, DEFAULT_PATH } from './spec.js';
+export { DEFAULT_CAPABILITIES, DEFAULT_PATH, MASKED_PATHS, READONLY_PATHS, STANDARD_MOUNTS, nofileLimit } from './spec.js';
+export { sandboxResources, type SandboxLimits } from './cgroups.js';
+export { parseBytes, parseCount } from './units.js';
+export { parseCpus } from './options.js';
 export { processAlive } from './pid.js';
+export { PRIVATE_FILE_MODE, privateDir, privateRoot } from './private.js';

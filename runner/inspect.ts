@@ -5,6 +5,7 @@
 import type { ContainerRecord, ContainerStatus, RuntimeState } from './model.js';
 import type { RunnerPaths } from './paths.js';
 import { forceTeardown } from './prepare.js';
+import { uppermostFirst } from './overlay.js';
 import type { Runc } from './runc.js';
 import { processAlive, readRecord, readState, writeState } from './state.js';
 
@@ -81,7 +82,7 @@ export function inspectDocument(o: Observed, paths: RunnerPaths): Record<string,
     Config: rec.Config,
     HostConfig: rec.HostConfig,
     NetworkSettings: { IPAddress: state.Network?.IPAddress ?? '', Gateway: state.Network?.Gateway ?? '', SandboxKey: state.Network?.SandboxKey ?? '', Ports: portMap(state, rec) },
-    GraphDriver: { Name: 'overlay', Data: { MergedDir: cp.rootfs, UpperDir: `${cp.dir}/upper`, WorkDir: `${cp.dir}/work`, LowerDir: [...rec.LayerDirs].reverse().join(':') } },
+    GraphDriver: { Name: 'overlay', Data: { MergedDir: cp.rootfs, UpperDir: `${cp.dir}/upper`, WorkDir: `${cp.dir}/work`, LowerDir: uppermostFirst(rec.LayerDirs).join(':') } },
   };
 }
 

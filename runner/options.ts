@@ -185,7 +185,8 @@ export function parseRestart(text: string): RestartPolicy {
   return { Name: m[1] as RestartPolicy['Name'], MaximumRetryCount: m[2] === undefined ? 0 : Number(m[2]) };
 }
 
-function parseCpus(text: string): number {
+/** `--cpus 0.5` → nano CPUs. */
+export function parseCpus(text: string): number {
   const n = Number(text);
   if (!/^\d*\.?\d+$/.test(text) || !(n > 0)) throw new BadOptionError(`invalid --cpus "${text}": expected a positive number such as 0.5 or 2`);
   return Math.round(n * 1e9);

@@ -8,7 +8,7 @@
  * (Debian's `attr` package); both need root, as the runner does.
  */
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, rm, symlink } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rm, symlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 export const OPAQUE_XATTR = 'trusted.overlay.opaque';
@@ -58,7 +58,9 @@ export async function mountRootfs(layerDirs: string[], containerDir: string): Pr
   const dir = resolve(containerDir);
   const [rootfs, upper, work] = ['rootfs', 'upper', 'work'].map((d) => join(dir, d)) as [string, string, string];
   for (const d of [rootfs, upper, work]) await mkdir(d, { recursive: true });
-  let lowers = [...layerDirs].reverse().map((d) => resolve(d));
+  // The merged root takes upper's mode: 0755 as in an image, not what the umask left.
+  await chmod(upper, 0o755);
+  let lowers = uppermostFirst(layerDirs);
   if (lowers.length === 0) {
     lowers = [join(dir, 'lower-empty')];
     await mkdir(lowers[0]!, { recursive: true });
@@ -80,6 +82,17 @@ export async function mountRootfs(layerDirs: string[], containerDir: string): Pr
     throw new Error(`mounting the root filesystem at ${rootfs} failed (${(err as Error).message}); is this root on a kernel with overlayfs?`);
   }
   return { rootfs, upper, work, unmount: () => unmountRootfs(rootfs) };
+}
+
+/**
+ * `layerDirs` (bottom to top) as overlay's lowerdir list (top first), each directory once:
+ * overlayfs refuses a lowerdir that repeats a directory (ELOOP, "Too many levels of symbolic
+ * links"), and an image may list one layer twice (two steps with the same diff, or a step
+ * whose diff equals the base's last layer). Keeping only the uppermost copy shows the same
+ * files: that copy already shadows everything below it, and what it shadows is itself.
+ */
+export function uppermostFirst(layerDirs: string[]): string[] {
+  return [...new Set([...layerDirs].reverse().map((d) => resolve(d)))];
 }
 
 /** Unmounts `rootfs` if it is mounted; a rootfs that is not mounted is not an error. */

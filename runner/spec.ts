@@ -32,7 +32,7 @@ export const DEFAULT_CAPABILITIES = [
   'CAP_AUDIT_WRITE',
 ];
 
-const MASKED_PATHS = [
+export const MASKED_PATHS = [
   '/proc/asound',
   '/proc/acpi',
   '/proc/kcore',
@@ -45,9 +45,10 @@ const MASKED_PATHS = [
   '/sys/firmware',
   '/sys/devices/virtual/powercap',
 ];
-const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+export const READONLY_PATHS = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
 
-const STANDARD_MOUNTS = [
+/** Docker's default mounts; the builder's RUN steps get the same. */
+export const STANDARD_MOUNTS = [
   { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
   { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
   { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
@@ -112,7 +113,7 @@ export async function runtimeSpec(rec: ContainerRecord, ctx: SpecContext): Promi
  * Open files: docker's 1048576 where this process may grant it, else its own hard limit (runc
  * cannot raise it without CAP_SYS_RESOURCE, which sandboxes often withhold).
  */
-function nofileLimit(): { type: string; hard: number; soft: number } {
+export function nofileLimit(): { type: string; hard: number; soft: number } {
   const line = /^Max open files\s+(\d+|unlimited)\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
   const hard = line?.[2] === undefined || line[2] === 'unlimited' ? 1048576 : Math.min(Number(line[2]), 1048576);
   return { type: 'RLIMIT_NOFILE', hard, soft: hard };

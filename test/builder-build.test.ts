@@ -176,18 +176,19 @@ test('ADD: local archives are extracted, URLs are fetched', { skip }, async () =
     execFileSync('tar', ['-czf', join(ctx, 'bundle.tar.gz'), '-C', join(ctx, 'tree'), '.']);
     execFileSync('tar', ['-cf', join(ctx, 'plain.tar'), '-C', join(ctx, 'tree'), 'b.txt']);
     await writeFile(join(ctx, 'Dockerfile'), `FROM ${env.busybox}\nADD bundle.tar.gz /opt/bundle/\nADD plain.tar /opt/plain\nADD http://127.0.0.1:${port}/files/tool.sh /downloads/\nADD --chmod=755 http://127.0.0.1:${port}/files/tool.sh /usr/local/bin/tool\n`);
-    const r = await buildImage(env, '', {}, { context: ctx });
+    const local = { options: { allowLocalUrls: true } }; // the server is on the worker's loopback
+    const r = await buildImage(env, '', {}, { context: ctx, ...local });
     const img = await pullImage(env, r.result.tags[0]!);
     assert.equal(await img.read('opt/bundle/a/one.txt'), 'one');
     assert.equal(await img.read('opt/plain/b.txt'), 'b');
     assert.equal(await img.read('downloads/tool.sh'), served);
     assert.equal(img.files.get('downloads/tool.sh')!.mode, 0o600);
     assert.equal(img.files.get('usr/local/bin/tool')!.mode, 0o755);
-    const again = await buildImage(env, '', {}, { context: ctx, tags: r.result.tags });
+    const again = await buildImage(env, '', {}, { context: ctx, tags: r.result.tags, ...local });
     assert.equal(again.result.imageDigest, r.result.imageDigest, 'the same bytes behind the URL: cached');
-    const wrong = await buildFails(`FROM ${env.busybox}\nADD --checksum=sha256:${'0'.repeat(64)} http://127.0.0.1:${port}/files/tool.sh /t\n`);
+    const wrong = await buildFails(`FROM ${env.busybox}\nADD --checksum=sha256:${'0'.repeat(64)} http://127.0.0.1:${port}/files/tool.sh /t\n`, {}, local);
     assert.match(wrong.message, /^Dockerfile:2: ADD failed: http:.* has digest sha256:[a-f0-9]{64}, not the --checksum sha256:0{64}$/);
-    const gone = await buildFails(`FROM ${env.busybox}\nADD http://127.0.0.1:${port}/missing /t\n`);
+    const gone = await buildFails(`FROM ${env.busybox}\nADD http://127.0.0.1:${port}/missing /t\n`, {}, local);
     assert.match(gone.message, /^Dockerfile:2: ADD failed: cannot fetch http:.*\/missing: HTTP 404/);
   } finally {
     server.close();
@@ -195,9 +196,6 @@ test('ADD: local archives are extracted, URLs are fetched', { skip }, async () =
 });
 
 test('RUN --mount=type=cache persists between builds; secrets reach RUN but no layer, config or history', { skip }, async () => {
-  const tokenFile = join(env.dir, `token-${rand()}`);
-  await writeFile(tokenFile, 's3cret-from-file');
-  process.env.SLIPWAY_TEST_BUILD_TOKEN = 's3cret-from-env';
   const id = rand();
   const df = `FROM ${env.busybox}
 RUN --mount=type=cache,target=/cache,id=${id} echo run >> /cache/count && wc -l < /cache/count | tr -d ' ' > /count.txt
@@ -206,7 +204,8 @@ RUN --mount=type=secret,id=file test "$(cat /run/secrets/file)" = "$WANT_FILE" &
 RUN --mount=type=secret,id=tok,env=TOKEN test "$TOKEN" = "$WANT_ENV" && echo env-ok > /secret-env.txt
 RUN --mount=type=secret,id=file,target=/etc/app/key,required=true test -s /etc/app/key && echo target-ok > /secret-target.txt
 `;
-  const secrets = [{ id: 'file', src: tokenFile }, { id: 'tok', env: 'SLIPWAY_TEST_BUILD_TOKEN' }];
+  // Values as the client sent them (the executor reads no file or variable for a secret).
+  const secrets = [{ id: 'file', value: Buffer.from('s3cret-from-file') }, { id: 'tok', value: Buffer.from('s3cret-from-env') }];
   const buildArgs = { WANT_FILE: 's3cret-from-file', WANT_ENV: 's3cret-from-env' };
   const first = await buildImage(env, df, {}, { secrets, buildArgs });
   const second = await buildImage(env, df, {}, { secrets, buildArgs, noCache: true, context: first.context });
@@ -220,7 +219,6 @@ RUN --mount=type=secret,id=file,target=/etc/app/key,required=true test -s /etc/a
   assert.ok(!JSON.stringify(img.config).includes('s3cret'), 'no secret in the config or its history');
   const missing = await buildFails(`FROM ${env.busybox}\nRUN --mount=type=secret,id=absent,required=true true\n`);
   assert.match(missing.message, /^Dockerfile:2: RUN failed: secret "absent" is required/);
-  delete process.env.SLIPWAY_TEST_BUILD_TOKEN;
 });
 
 test('cache: hits on rebuild, a miss after a context file changes (and why), --no-cache, and a second worker', { skip }, async () => {

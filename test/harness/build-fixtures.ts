@@ -5,14 +5,16 @@
  * read back: config, the merged filesystem (pulled, unpacked and mounted as the runner does),
  * and a run under the runner.
  */
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { chmod, copyFile, lstat, mkdir, readdir, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
+import { after, before } from 'node:test';
 import { build } from '../../builder/executor.js';
-import type { BuildLogger, BuildRequest, BuildResult, BuildStep } from '../../builder/types.js';
+import type { BuildLogger, BuildOptions, BuildRequest, BuildResult, BuildStep } from '../../builder/types.js';
 import { ImageStore, Runner, mountRootfs, unmountRootfs } from '../../runner/index.js';
 import { MT, putManifest, pushBlob } from './http.js';
 import { startRegistryProcess, tempDir, type RegistryProcess } from './registry.js';
@@ -31,6 +33,18 @@ export interface BuildEnv {
 }
 
 export const rand = (): string => randomBytes(4).toString('hex');
+
+/** A BuildEnv shared by the tests of one file: started before the first, cleaned up after the last. */
+export function buildEnvPerFile(): () => BuildEnv {
+  let env: BuildEnv | undefined;
+  before(async () => {
+    env = await startBuildEnv();
+  });
+  after(async () => {
+    await env?.cleanup();
+  });
+  return () => env ?? assert.fail('the build environment did not start');
+}
 
 export async function startBuildEnv(): Promise<BuildEnv> {
   const registry = await startRegistryProcess();
@@ -121,12 +135,17 @@ export interface BuildRun extends Logged {
 }
 
 /** Builds `dockerfile` over `files` in a fresh context (or `context` when given). */
-export async function buildImage(env: BuildEnv, dockerfile: string, files: Record<string, ContextFile> = {}, opts: Partial<BuildRequest> & { context?: string; workerRoot?: string } = {}): Promise<BuildRun> {
-  const { context: given, workerRoot, ...req } = opts;
+export async function buildImage(
+  env: BuildEnv,
+  dockerfile: string,
+  files: Record<string, ContextFile> = {},
+  opts: Partial<BuildRequest> & { context?: string; workerRoot?: string; options?: Omit<BuildOptions, 'workerRoot'> } = {},
+): Promise<BuildRun> {
+  const { context: given, workerRoot, options, ...req } = opts;
   const context = given ?? (await writeContext(join(env.dir, `ctx-${rand()}`), { Dockerfile: dockerfile, ...files }));
   const logged = collectingLogger();
   const full: BuildRequest = { id: rand(), contextDir: context, dockerfile: 'Dockerfile', tags: [env.ref()], buildArgs: {}, noCache: false, network: 'none', secrets: [], labels: {}, ...req };
-  const result = await build(full, logged.logger, { workerRoot: workerRoot ?? env.workerRoot });
+  const result = await build(full, logged.logger, { ...options, workerRoot: workerRoot ?? env.workerRoot });
   return { ...logged, result, context };
 }
 

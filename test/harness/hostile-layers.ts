@@ -16,6 +16,9 @@ export interface TarEntry {
   mode?: number;
   uid?: number;
   gid?: number;
+  /** For character and block devices. */
+  devmajor?: number;
+  devminor?: number;
 }
 
 /** The tar archive of `entries`, in order, held in memory (they are tiny). */
@@ -30,7 +33,7 @@ export async function tarOf(entries: TarEntry[]): Promise<Buffer> {
   for (const e of entries) {
     const type = e.type ?? 'file';
     const mode = e.mode ?? (type === 'directory' ? 0o755 : 0o644);
-    const header = { name: e.name, type, mode, uid: e.uid ?? 0, gid: e.gid ?? 0, mtime: new Date(0), linkname: e.linkname };
+    const header = { name: e.name, type, mode, uid: e.uid ?? 0, gid: e.gid ?? 0, mtime: new Date(0), linkname: e.linkname, devmajor: e.devmajor, devminor: e.devminor };
     await new Promise<void>((resolve, reject) => {
       const body = type === 'file' ? Buffer.from(e.body ?? '') : undefined;
       pack.entry(body ? { ...header, size: body.length } : header, body ?? Buffer.alloc(0), (err) => (err ? reject(err) : resolve()));
