@@ -18,7 +18,8 @@ export function formatGcReport(report: GcReport): string[] {
     ...report.tagsDeleted.map((t) => `${verb} tag ${t}`),
     ...report.manifestsDeleted.map((m) => `${verb} manifest ${m}`),
     ...report.sweptBlobs.map((b) => `${verb} blob ${b.digest} (${b.size} bytes)`),
-    ...report.problems.map((p) => `problem: ${p}`),
+    ...report.skipped.map((p) => `skipped (changed while GC ran): ${p}`),
+    ...report.problems.map((p) => `damage: ${p}`),
   ];
   const b = report.blobs;
   lines.push(
@@ -26,7 +27,9 @@ export function formatGcReport(report: GcReport): string[] {
       `${b.bytesFreed} bytes ${report.dryRun ? 'would be ' : ''}freed`,
     `${report.repositories} repositories, ${report.manifests} manifests marked; ${report.tagsDeleted.length} tags, ${report.manifestsDeleted.length} manifests, ` +
       `${report.linksPurged} links, ${report.uploadsPurged} upload sessions ${report.dryRun ? 'to delete' : 'deleted'}`,
-    `${report.dryRun ? 'dry run, nothing deleted' : 'done'} in ${(report.durationMs / 1000).toFixed(1)} s`,
+    `${report.dryRun ? 'dry run, nothing deleted' : 'done'} in ${(report.durationMs / 1000).toFixed(1)} s` +
+      (report.skipped.length ? `; ${report.skipped.length} changed while GC ran (harmless)` : '') +
+      (report.problems.length ? `; found damage: ${report.problems.length} (see the damage: lines)` : ''),
   );
   return lines;
 }
@@ -34,7 +37,9 @@ export function formatGcReport(report: GcReport): string[] {
 /**
  * `slipway gc`: one online GC run over the registry's storage (see storage/gc.ts);
  * registries may keep serving pushes and pulls meanwhile. Exit status 0 when it
- * ran, 1 when it failed, 2 when it ran but found manifests it could not read.
+ * ran (races with pushes, deletes or another GC that it skipped are harmless
+ * and listed), 1 when it failed, 2 when it found damage: a revision or tag
+ * whose manifest cannot be read, or a stored manifest naming a missing blob.
  */
 export function registerGcCommand(program: Command): void {
   program
@@ -64,6 +69,7 @@ export function registerGcCommand(program: Command): void {
       });
       if (flags.json) console.log(JSON.stringify(report, null, 2));
       else console.log([`slipway gc: ${description}`, ...formatGcReport(report)].join('\n'));
+      if (report.problems.length) console.error(`slipway gc: found damage:\n${report.problems.map((p) => `  ${p}`).join('\n')}`);
       process.exitCode = report.problems.length ? 2 : 0;
     });
 }

@@ -50,13 +50,16 @@ export class BlobStore {
     await this.driver.putContent(paths.layerLink(repo, digest), digest.value);
   }
 
-  /** Makes a blob of `from` visible in `repo`; null when `from` does not have it (or GC is removing it). */
+  /** Makes a blob of `from` visible in `repo`; null when `from` does not have it (or GC removed it). */
   async mount(repo: string, from: string, digest: Digest): Promise<BlobInfo | null> {
     try {
-      if (!(await this.isLinked(from, digest)) || !(await claimBlob(this.driver, digest))) return null;
-      const info = await this.stat(from, digest);
-      await this.link(repo, digest);
-      return info;
+      if (!(await this.isLinked(from, digest))) return null;
+      return await claimBlob(this.driver, digest, async (stored) => {
+        if (!stored) return null;
+        const info = await this.stat(from, digest);
+        await this.link(repo, digest);
+        return info;
+      });
     } catch (err) {
       if (err instanceof StoreError && err.kind === 'blob-unknown') return null;
       throw err;

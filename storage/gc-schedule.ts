@@ -78,6 +78,11 @@ export function startGcSchedule(store: Store, cfg: GcScheduleConfig, log: (messa
     try {
       const { interval: _i, leaseTtl: _l, onReport: _o, ...settings } = cfg;
       const report = await collectGarbage(store, { ...settings, signal: abort.signal });
+      for (const t of report.tagsDeleted) log(`gc: deleted tag ${t}`);
+      for (const m of report.manifestsDeleted) log(`gc: deleted manifest ${m}`);
+      for (const s of report.sweptBlobs) log(`gc: swept blob ${s.digest} (${s.size} bytes)`);
+      for (const p of report.skipped) log(`gc: skipped (changed while GC ran): ${p}`);
+      for (const p of report.problems) log(`gc: damage: ${p}`);
       const b = report.blobs;
       log(
         `gc: ${b.swept} of ${b.total} blobs swept (${b.bytesFreed} bytes), ${report.tagsDeleted.length} tags and ` +

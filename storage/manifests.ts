@@ -3,7 +3,7 @@ import { PathNotFoundError } from './driver.js';
 import { parseDigest, type Digest } from './digest.js';
 import { StoreError } from './errors.js';
 import { ensureIndexBuilt, hasRevisions, indexRepository, listIndexed, unindexRepository, type ListPage } from './catalog-index.js';
-import { awaitPruning, claimManifest } from './gc-guard.js';
+import { beginPush, pausePoint, type PushGuard } from './gc-guard.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from './manifest.js';
 import * as paths from './paths.js';
 
@@ -17,13 +17,16 @@ export interface StoredManifest {
  * Manifest revisions, tags and the referrers index of each repository. Bytes
  * are kept as blobs, so a manifest is stored byte-exact and its digest is that
  * of the bytes. Bytes are immutable by digest, so they (and their parse) are
- * cached in memory; links are read from storage each time, so every instance
- * over the same storage sees a moved tag at once. A PUT claims every blob it
- * names and writes its links again if GC pruned the repository meanwhile
- * (gc-guard.ts), and records the repository in the catalog index (catalog-index.ts).
+ * cached in memory — but a cached entry answers only while storage still has
+ * the bytes: it is checked again (one stat) when its last check is older than
+ * REVALIDATE_MS. Links are read from storage each time, so every instance over
+ * the same storage sees a moved tag at once. A PUT first claims what it names
+ * against GC, then checks that it exists, and writes its links again if GC
+ * pruned the repository meanwhile (gc-guard.ts, docs/gc.md); it records the
+ * repository in the catalog index (catalog-index.ts).
  */
 export class ManifestStore {
-  private readonly cache = new Map<string, StoredManifest>();
+  private readonly cache = new Map<string, { stored: StoredManifest; checked: number }>();
   private cachedBytes = 0;
   private indexReady: Promise<void> | undefined;
 
@@ -43,12 +46,12 @@ export class ManifestStore {
    */
   async getTagged(repo: string, tag: string): Promise<StoredManifest> {
     const digest = await this.resolve(repo, tag);
-    return this.cache.get(digest.value) ?? this.get(repo, digest);
+    return (await this.cached(repo, digest)) ?? this.get(repo, digest);
   }
 
   async get(repo: string, digest: Digest): Promise<StoredManifest> {
     if (!(await this.exists(repo, digest))) throw unknownManifest(repo, digest.value);
-    const cached = this.cache.get(digest.value);
+    const cached = await this.cached(repo, digest);
     if (cached) return cached;
     let bytes: Buffer;
     try {
@@ -62,15 +65,66 @@ export class ManifestStore {
     return stored;
   }
 
-  /** Stores verified bytes; `parsed` is the result of parseManifest on them. */
+  /** The cached manifest, checked against storage when its last check is older than REVALIDATE_MS; a loss evicts it. */
+  private async cached(repo: string, digest: Digest): Promise<StoredManifest | null> {
+    const entry = this.cache.get(digest.value);
+    if (!entry) return null;
+    if (Date.now() - entry.checked > REVALIDATE_MS) {
+      if (!(await this.driver.stat(paths.blobData(digest)))) {
+        this.forget(digest.value);
+        throw unknownManifest(repo, digest.value);
+      }
+      entry.checked = Date.now();
+    }
+    return entry.stored;
+  }
+
+  /**
+   * Stores verified bytes; `parsed` is the result of parseManifest on them.
+   * The push announces itself and protects what the manifest names before it
+   * checks that it exists (a check before that could be undone by a GC run
+   * that began in between); a named blob or child that is not there is
+   * `blob-unknown`, which the registry answers MANIFEST_BLOB_UNKNOWN.
+   */
   async put(repo: string, digest: Digest, bytes: Buffer, parsed: ParsedManifest, tag?: string): Promise<void> {
-    const named = [...parsed.blobs, ...parsed.manifests.map((m) => parseDigest(m.digest))];
-    const claim = await claimManifest(this.driver, repo, tag, digest, named);
-    if (claim.gone) throw new StoreError('blob-unknown', `manifest references ${claim.gone.value}, which garbage collection removed meanwhile; push it again`);
-    if (!claim.stored) await this.driver.putContent(paths.blobData(digest), bytes);
-    await this.writeLinks(repo, digest, bytes, parsed, tag);
-    if (claim.gcRunning && (await awaitPruning(this.driver, repo))) await this.writeLinks(repo, digest, bytes, parsed, tag);
+    const children = parsed.manifests.map((m) => parseDigest(m.digest));
+    const guard = await beginPush(this.driver, { repo, tag, manifests: [digest, ...children].map((d) => d.value), blobs: parsed.blobs.map((b) => b.value) });
+    try {
+      const [blobsKept, childrenKept, [bytesKept]] = await Promise.all([guard.protect(parsed.blobs), guard.protect(children), guard.protect([digest])]);
+      await pausePoint(this.driver, 'push:protected', digest.value);
+      for (const [i, blob] of parsed.blobs.entries()) {
+        if (!blobsKept[i] || !(await this.driver.stat(paths.layerLink(repo, blob)))) throw blobUnknown(repo, blob, `manifest references blob ${blob.value}, which is not in ${repo}`);
+      }
+      for (const [i, child] of children.entries()) {
+        if (!childrenKept[i] || !(await this.exists(repo, child))) throw blobUnknown(repo, child, `index references manifest ${child.value}, which is not in ${repo}`);
+        await this.protectChild(guard, repo, child, 1);
+      }
+      await pausePoint(this.driver, 'push:checked', digest.value);
+      if (!bytesKept) await this.driver.putContent(paths.blobData(digest), bytes);
+      guard.assertFresh();
+      await this.writeLinks(repo, digest, bytes, parsed, tag);
+      await pausePoint(this.driver, 'push:linked', digest.value);
+      if (await guard.prunedMeanwhile(repo)) await this.writeLinks(repo, digest, bytes, parsed, tag);
+    } finally {
+      await guard.end();
+    }
     this.remember({ digest: digest.value, bytes, parsed });
+  }
+
+  /** An index's child is protected already: its blobs (and children) now, checked to be stored. */
+  private async protectChild(guard: PushGuard, repo: string, child: Digest, depth: number): Promise<void> {
+    let parsed: ParsedManifest;
+    try {
+      parsed = parseManifest(await this.driver.getContent(paths.blobData(child)), null);
+    } catch (err) {
+      if (err instanceof PathNotFoundError) throw blobUnknown(repo, child, `index references manifest ${child.value}, whose bytes are gone`);
+      throw err;
+    }
+    const grandchildren = parsed.manifests.map((m) => parseDigest(m.digest));
+    const kept = await guard.protect([...parsed.blobs, ...grandchildren]);
+    const missing = [...parsed.blobs, ...grandchildren].find((_, i) => !kept[i]);
+    if (missing) throw blobUnknown(repo, missing, `index references manifest ${child.value}, which names ${missing.value}, which is not stored`);
+    if (depth < 8) for (const g of grandchildren) await this.protectChild(guard, repo, g, depth + 1);
   }
 
   /**
@@ -171,15 +225,25 @@ export class ManifestStore {
 
   private remember(stored: StoredManifest): void {
     if (this.cache.has(stored.digest) || stored.bytes.length > this.cacheLimit / 16) return;
-    this.cache.set(stored.digest, stored);
+    this.cache.set(stored.digest, { stored, checked: Date.now() });
     this.cachedBytes += stored.bytes.length;
-    for (const [digest, old] of this.cache) {
+    for (const [digest] of this.cache) {
       if (this.cachedBytes <= this.cacheLimit) break;
-      this.cache.delete(digest);
-      this.cachedBytes -= old.bytes.length;
+      this.forget(digest);
     }
+  }
+
+  private forget(digest: string): void {
+    const entry = this.cache.get(digest);
+    if (!entry) return;
+    this.cache.delete(digest);
+    this.cachedBytes -= entry.stored.bytes.length;
   }
 }
 
+/** How long a cached manifest answers without a look at storage (one stat): a loss shows within this. */
+export const REVALIDATE_MS = 1000;
+
 const unknownManifest = (repo: string, ref: string): StoreError =>
   new StoreError('manifest-unknown', `manifest ${ref} is not in ${repo}`);
+const blobUnknown = (repo: string, digest: Digest, message: string): StoreError => new StoreError('blob-unknown', message, { digest: digest.value, repository: repo });

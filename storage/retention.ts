@@ -1,7 +1,6 @@
 import type { FileInfo, StorageDriver } from './driver.js';
 import { parseDigest } from './digest.js';
 import { globToRegExp, type RetentionRule } from './gc-config.js';
-import { INTENT_RENEW_MS, pruningPath } from './gc-guard.js';
 import { sameTime, type RepoState } from './gc-scan.js';
 import type { ParsedManifest } from './manifest.js';
 import * as paths from './paths.js';
@@ -18,6 +17,10 @@ import * as paths from './paths.js';
  *   (no rule says) older than the grace period when deleteUntagged is set.
  *   Never younger than the grace period: a client may push children and
  *   referrers by digest before the index or tag that reaches them.
+ * A tag or revision link written less than a second (the clock slack) before
+ * the run began is never deleted: a rewrite by a push during the run then has
+ * a modTime another second than the one the run planned on, even where (S3's
+ * HEAD) modTimes have whole seconds.
  * Without a rule or deleteUntagged every revision is a root and stays.
  */
 export interface PrunePlan {
@@ -42,12 +45,16 @@ export function ruleFor(rules: RetentionRule[], repo: string): RetentionRule | u
   return rules.find((r) => globToRegExp(r.repositories).test(repo));
 }
 
-function tagsToDelete(s: RepoState, rule: RetentionRule | undefined): PrunePlan['tags'] {
+const SLACK_MS = 1000;
+
+function tagsToDelete(s: RepoState, rule: RetentionRule | undefined, now: number): PrunePlan['tags'] {
   if (!rule || (rule.keepLast === undefined && rule.keepTags === undefined)) return [];
   const byAge = [...s.tags].sort(([ta, a], [tb, b]) => b.link.modTime.getTime() - a.link.modTime.getTime() || (ta < tb ? 1 : -1));
   const keep = new Set(byAge.slice(0, rule.keepLast ?? 0).map(([tag]) => tag));
   const pattern = rule.keepTags === undefined ? null : new RegExp(rule.keepTags);
-  return byAge.filter(([tag]) => !keep.has(tag) && !pattern?.test(tag)).map(([tag, t]) => ({ tag, digest: t.digest, link: t.link }));
+  return byAge
+    .filter(([tag, t]) => !keep.has(tag) && !pattern?.test(tag) && now - t.link.modTime.getTime() > SLACK_MS)
+    .map(([tag, t]) => ({ tag, digest: t.digest, link: t.link }));
 }
 
 /** Digests reachable from `roots` through index children and referrers, within the repository. */
@@ -66,7 +73,7 @@ async function reachable(s: RepoState, roots: string[], opts: PlanOptions): Prom
 
 export async function planRetention(s: RepoState, opts: PlanOptions): Promise<PrunePlan> {
   const rule = ruleFor(opts.rules, s.name);
-  const tags = tagsToDelete(s, rule);
+  const tags = tagsToDelete(s, rule, opts.now);
   const plan: PrunePlan = { repo: s.name, tags, revisions: [] };
   const maxAge = rule?.untaggedAfter ?? (opts.deleteUntagged ? 0 : undefined);
   if (maxAge === undefined) return plan;
@@ -75,7 +82,7 @@ export async function planRetention(s: RepoState, opts: PlanOptions): Promise<Pr
   roots.push(...(opts.extraRoots ?? []));
   const reached = await reachable(s, roots, opts);
   // A second of slack towards keeping: S3's HEAD has whole seconds.
-  const limit = Math.max(maxAge, opts.gracePeriod) + 1000;
+  const limit = Math.max(maxAge, opts.gracePeriod) + SLACK_MS;
   for (const [digest, link] of s.revisions) {
     if (!reached.has(digest) && opts.now - link.modTime.getTime() > limit) plan.revisions.push({ digest, link });
   }
@@ -88,10 +95,10 @@ export interface PruneResult {
 }
 
 /**
- * Carries out a plan under the repository's pruning marker (gc-guard.ts): each
- * tag and revision is re-read first and left alone when a push rewrote it since
- * the scan; a push that writes after the re-read sees the marker and writes its
- * links again once this is done.
+ * Carries out a plan; the caller holds the repository's pruning marker
+ * (gc-guard.ts). Each tag and revision is re-read first and left alone when a
+ * push rewrote it since the scan; a push that writes after the re-read sees
+ * the marker and writes its links again once this is done.
  */
 export async function applyPlan(
   driver: StorageDriver,
@@ -100,39 +107,25 @@ export async function applyPlan(
   signal?: AbortSignal,
 ): Promise<PruneResult> {
   const done: PruneResult = { tags: [], revisions: [] };
-  if (plan.tags.length === 0 && plan.revisions.length === 0) return done;
   const { repo } = plan;
-  const marker = pruningPath(repo);
-  let written = Date.now();
-  await driver.putContent(marker, new Date(written).toISOString());
-  const renew = async () => {
+  for (const t of plan.tags) {
     signal?.throwIfAborted();
-    if (Date.now() - written < INTENT_RENEW_MS) return;
-    written = Date.now();
-    await driver.putContent(marker, new Date(written).toISOString());
-  };
-  try {
-    for (const t of plan.tags) {
-      await renew();
-      const link = await driver.stat(paths.tagCurrentLink(repo, t.tag));
-      if (!link || !sameTime(link.modTime, t.link.modTime)) continue;
-      const now = (await driver.getContent(paths.tagCurrentLink(repo, t.tag)).catch(() => null))?.toString('utf8').trim() ?? null;
-      if (now !== t.digest) continue;
-      await driver.delete(paths.tagDir(repo, t.tag));
-      done.tags.push(t.tag);
-    }
-    for (const r of plan.revisions) {
-      await renew();
-      const digest = parseDigest(r.digest);
-      const link = await driver.stat(paths.revisionLink(repo, digest));
-      if (!link || !sameTime(link.modTime, r.link.modTime)) continue;
-      const subject = (await readManifest(r.digest))?.subject;
-      if (subject) await driver.delete(paths.referrerEntry(repo, parseDigest(subject.digest), digest));
-      await driver.delete(paths.revisionLink(repo, digest).replace(/\/link$/, ''));
-      done.revisions.push(r.digest);
-    }
-  } finally {
-    await driver.delete(marker);
+    const link = await driver.stat(paths.tagCurrentLink(repo, t.tag));
+    if (!link || !sameTime(link.modTime, t.link.modTime)) continue;
+    const now = (await driver.getContent(paths.tagCurrentLink(repo, t.tag)).catch(() => null))?.toString('utf8').trim() ?? null;
+    if (now !== t.digest) continue;
+    await driver.delete(paths.tagDir(repo, t.tag));
+    done.tags.push(t.tag);
+  }
+  for (const r of plan.revisions) {
+    signal?.throwIfAborted();
+    const digest = parseDigest(r.digest);
+    const link = await driver.stat(paths.revisionLink(repo, digest));
+    if (!link || !sameTime(link.modTime, r.link.modTime)) continue;
+    const subject = (await readManifest(r.digest))?.subject;
+    if (subject) await driver.delete(paths.referrerEntry(repo, parseDigest(subject.digest), digest));
+    await driver.delete(paths.revisionLink(repo, digest).replace(/\/link$/, ''));
+    done.revisions.push(r.digest);
   }
   return done;
 }

@@ -97,14 +97,12 @@ export class UploadStore {
         await this.remove(repo, uuid);
         throw new StoreError('digest-mismatch', `upload's content has digest ${digest.algorithm}:${actual}, not ${digest.value}`);
       }
-      // A blob already stored is claimed against a concurrent GC (gc-guard.ts); if GC removed it, these bytes replace it.
-      if (await claimBlob(this.driver, digest)) {
+      // Claimed against concurrent GC runs (gc-guard.ts): a blob already stored stays; if none is (or GC removed it), these bytes go in.
+      await claimBlob(this.driver, digest, async (stored) => {
+        if (!stored) await this.driver.move(paths.uploadData(repo, uuid), paths.blobData(digest));
         await this.remove(repo, uuid);
-      } else {
-        await this.driver.move(paths.uploadData(repo, uuid), paths.blobData(digest));
-        await this.remove(repo, uuid);
-      }
-      await this.blobs.link(repo, digest);
+        await this.blobs.link(repo, digest);
+      });
       return { digest: digest.value, size: status.offset };
     });
   }

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { after, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { checkIntegrity, collectGarbage, parseDigest, type FileInfo, type GcReport } from '../storage/index.js';
-import { assertPullable, blobFiles, fsTarget, pushImage, s3Target, slipwayGc, type GcEnv, type GcTarget, type PushedImage } from './harness/gc.js';
+import { assertPullable, blobFiles, fsTarget, keepMarkerWritten, pushImage, s3Target, slipwayGc, type GcEnv, type GcTarget, type PushedImage } from './harness/gc.js';
 import { http, pushBlob, sha256 } from './harness/http.js';
 
 /*
@@ -117,7 +117,6 @@ function gcSuite(target: GcTarget): void {
         let upload: Promise<string> | undefined;
         let released = false;
         let settledWhileHeld = false;
-        const touched = `/v2/_gc/touched/sha256/${digest.slice(7)}`;
         const report = await collectGarbage(env.store, {
           gracePeriod: env.grace,
           hooks: {
@@ -127,9 +126,9 @@ function gcSuite(target: GcTarget): void {
               upload = pushBlob(base, `${repo}-b`, layer);
               const settled = () => (settledWhileHeld ||= !released);
               void upload.then(settled, settled);
-              // Until the upload is inside the handshake (its touch written while GC runs), and a while longer.
-              for (let i = 0; i < 400 && !(await env.store.driver.stat(touched)); i++) await sleep(25);
-              assert.ok(await env.store.driver.stat(touched), 'the upload reached the handshake');
+              // Until the upload is inside the handshake (its keep marker written while GC runs), and a while longer.
+              for (let i = 0; i < 400 && !(await keepMarkerWritten(env.store, digest)); i++) await sleep(25);
+              assert.ok(await keepMarkerWritten(env.store, digest), 'the upload reached the handshake');
               await sleep(300);
               released = true;
             },

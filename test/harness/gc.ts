@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readdir, utimes } from 'node:fs/promises';
+import { utimes } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -27,7 +27,7 @@ export interface GcEnv {
   /** Grace period to give GC, ms. */
   grace: number;
   canBackdate: boolean;
-  /** Makes `paths` and every push record older than the grace period (filesystem), or waits until everything written so far is (S3). */
+  /** Makes `paths` older than the grace period (filesystem), or waits until everything written so far is (S3). */
   age(paths: string[]): Promise<void>;
   cleanup(): Promise<void>;
 }
@@ -51,10 +51,8 @@ export const fsTarget: GcTarget = {
       env: {},
       grace: 60_000,
       canBackdate: true,
-      // Records of pushes (gc-guard.ts) protect what they name for a grace period: they age too.
       age: async (paths) => {
-        const records = await readdir(join(data, 'v2/_gc/records')).catch(() => []);
-        for (const p of [...paths, ...records.map((r) => `/v2/_gc/records/${r}`)]) {
+        for (const p of paths) {
           await utimes(join(data, p), backdate, backdate).catch((err: NodeJS.ErrnoException) => {
             if (err.code !== 'ENOENT') throw err;
           });
@@ -118,8 +116,14 @@ export interface PushedImage {
 }
 
 export const blobPath = (digest: string): string => `/v2/blobs/sha256/${digest.slice(7, 9)}/${digest.slice(7)}/data`;
-/** A blob's data and its GC touch marker (gc-guard.ts): what makes it look old or young to GC. */
-export const blobFiles = (digest: string): string[] => [blobPath(digest), `/v2/_gc/touched/sha256/${digest.slice(7)}`];
+/** A blob's files that make it look old or young to GC: its data. */
+export const blobFiles = (digest: string): string[] => [blobPath(digest)];
+
+/** Whether a push left a keep marker for `digest` in some GC run's tree (gc-guard.ts): it is inside the handshake. */
+export async function keepMarkerWritten(store: Store, digest: string): Promise<boolean> {
+  for await (const f of store.driver.walk('/v2/_gc/runs')) if (f.path.endsWith(`/keep/sha256/${digest.slice(7)}`)) return true;
+  return false;
+}
 export const revisionPath = (repo: string, digest: string): string => `/v2/repositories/${repo}/_manifests/revisions/sha256/${digest.slice(7)}/link`;
 export const tagPath = (repo: string, tag: string): string => `/v2/repositories/${repo}/_manifests/tags/${tag}/current/link`;
 
