@@ -8,6 +8,8 @@ export { readLog, followLog, type LogEntry } from './logs.js';
 export { packContext, extractContext, purgeContexts, type PackStats } from './build-context.js';
 export { buildQuery, parseBuildQuery, validateRef } from './spec.js';
 export { addTrigger, listTriggers, removeTrigger, type Trigger } from './triggers.js';
+export { SECRETS_KEY_ENV, loadSecretsKey, secretsKeyFile } from './seal.js';
+export { redactUrl } from './redact.js';
 export {
   DEFAULT_PREFIX,
   QUEUE_NAME,

@@ -11,14 +11,16 @@
  *   <prefix>:build:<id>:log         STREAM log entries {t: line|step|status|end, d} (logs.ts)
  *   <prefix>:triggers               HASH   "<repo>#<branch>" → Trigger JSON (triggers.ts)
  *   <prefix>:hook-delivery:<id>     STRING a webhook delivery already accepted (expires)
+ *   <prefix>:hook-body:<sha256>     STRING the delivery id that first brought this webhook body (expires)
  *   <prefix>:cancel                 pub/sub channel: build ids to cancel
  *   <prefix>:builds:*               BullMQ's queue "builds" (BullMQ prefix = <prefix>)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { redactUrl, redactUrls } from './redact.js';
 
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 export const DEFAULT_PREFIX = 'slipway';
@@ -38,6 +40,7 @@ export const keys = (prefix: string) => ({
   log: (id: string) => `${prefix}:build:${id}:log`,
   triggers: `${prefix}:triggers`,
   delivery: (id: string) => `${prefix}:hook-delivery:${id}`,
+  hookBody: (sha256: string) => `${prefix}:hook-body:${sha256}`,
   cancel: `${prefix}:cancel`,
 });
 
@@ -137,12 +140,19 @@ export interface RedisServer {
  * Starts Debian's redis-server on loopback with its data in `dir`: AOF on
  * (every write logged, fsync each second), RDB snapshots off, no daemonizing.
  * `port` 0 picks a free one; pass the old port to restart over the same data.
+ * `password` makes it require AUTH (the URL returned carries it). The data is
+ * private whatever the caller's umask: `dir` 0700, and redis-server runs under
+ * umask 077 so its AOF files are 0600. The password reaches it on stdin
+ * (`redis-server -`), never on a command line that `ps` shows every user.
  */
-export async function startRedisServer(opts: { dir: string; port?: number; readyTimeoutMs?: number }): Promise<RedisServer> {
-  await mkdir(opts.dir, { recursive: true });
+export async function startRedisServer(opts: { dir: string; port?: number; readyTimeoutMs?: number; password?: string }): Promise<RedisServer> {
+  await mkdir(opts.dir, { recursive: true, mode: 0o700 });
+  await chmod(opts.dir, 0o700);
   const port = opts.port || (await freePort());
-  const args = ['--bind', '127.0.0.1', '--port', String(port), '--dir', opts.dir, '--appendonly', 'yes', '--save', '', '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning'];
-  const child = spawn(REDIS_SERVER_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['-', '--bind', '127.0.0.1', '--port', String(port), '--dir', opts.dir, '--appendonly', 'yes', '--save', '', '--daemonize', 'no', '--protected-mode', 'yes', '--loglevel', 'warning'];
+  const child = spawn('/bin/sh', ['-c', 'umask 077; exec "$0" "$@"', REDIS_SERVER_BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  child.stdin!.on('error', () => undefined); // an exit before reading it is reported below
+  child.stdin!.end(opts.password ? `requirepass ${opts.password}\n` : '');
   let output = '';
   child.stdout!.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-4000)));
   child.stderr!.on('data', (d: Buffer) => (output = (output + d.toString()).slice(-4000)));
@@ -153,7 +163,8 @@ export async function startRedisServer(opts: { dir: string; port?: number; ready
       r();
     });
   });
-  const url = `redis://127.0.0.1:${port}`;
+  const url = opts.password ? `redis://:${encodeURIComponent(opts.password)}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`;
+  const shown = redactUrl(url);
   const signal = async (sig: NodeJS.Signals) => {
     if (child.exitCode === null && child.signalCode === null) child.kill(sig);
     await exited;
@@ -161,8 +172,8 @@ export async function startRedisServer(opts: { dir: string; port?: number; ready
   const deadline = Date.now() + (opts.readyTimeoutMs ?? 20_000);
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) {
-      const hint = child.pid === undefined ? ' (install it: apt-get install redis-server)' : '';
-      throw new Error(`${REDIS_SERVER_BIN} exited before it answered on ${url}${hint}:\n${output}`);
+      const hint = child.pid === undefined || child.exitCode === 127 ? ' (install it: apt-get install redis-server)' : '';
+      throw new Error(`${REDIS_SERVER_BIN} exited before it answered on ${shown}${hint}:\n${output}`);
     }
     try {
       await checkRedis(url, 1000);
@@ -170,7 +181,7 @@ export async function startRedisServer(opts: { dir: string; port?: number; ready
     } catch (err) {
       if (Date.now() > deadline) {
         await signal('SIGKILL');
-        throw new Error(`redis-server did not answer on ${url}: ${(err as Error).message}\n${output}`);
+        throw new Error(`redis-server did not answer on ${shown}: ${redactUrls((err as Error).message)}\n${output}`);
       }
       await sleep(50);
     }

@@ -12,14 +12,20 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadable } from 'node:stream/web';
 import { extractContext } from './build-context.js';
+import { redactUrl, redactUrls, splitCredentials } from './redact.js';
 import type { BuildSource } from './records.js';
 import { BuildError, type BuildLogger } from './types.js';
 
+export interface SourceOptions {
+  /** Credentials for a git source, kept apart from its URL (sent as a build secret). */
+  gitCredentials?: { username: string; password: string };
+}
+
 /** Fills `dir` with the build's context; logs what it did. */
-export async function prepareSource(source: BuildSource, dir: string, log: BuildLogger, signal: AbortSignal): Promise<void> {
+export async function prepareSource(source: BuildSource, dir: string, log: BuildLogger, signal: AbortSignal, opts: SourceOptions = {}): Promise<void> {
   await rm(dir, { recursive: true, force: true });
   if (source.type === 'upload') await fetchUpload(source.url, dir, log, signal);
-  else await cloneCommit(source, dir, log, signal);
+  else await cloneCommit(source, dir, log, signal, opts.gitCredentials);
 }
 
 async function fetchUpload(url: string, dir: string, log: BuildLogger, signal: AbortSignal): Promise<void> {
@@ -42,32 +48,63 @@ async function fetchUpload(url: string, dir: string, log: BuildLogger, signal: A
 const GIT_URL = /^(https?|git|ssh|file):\/\/[^\s]+$|^[\w.-]+@[\w.-]+:[^\s]+$/;
 const SHA = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
 
-async function cloneCommit(src: Extract<BuildSource, { type: 'git' }>, dir: string, log: BuildLogger, signal: AbortSignal): Promise<void> {
-  if (!GIT_URL.test(src.url)) throw new BuildError(`not a git URL this builder clones from: ${src.url}`, 'user');
+type GitCredentials = NonNullable<SourceOptions['gitCredentials']>;
+
+/*
+ * Credentials for an http(s) clone never go on a command line (`ps` shows it to
+ * every user) nor into .git/config: git asks a credential helper, given as
+ * configuration in the environment (GIT_CONFIG_COUNT…), scoped to the clone
+ * URL's origin so a redirect to another host gets nothing, that prints them from
+ * two variables of git's own environment. Helpers configured on the worker
+ * (`store` would write them to ~/.git-credentials) are reset first.
+ */
+function credentialEnv(url: string, c: GitCredentials | undefined): NodeJS.ProcessEnv {
+  if (!c) return {};
+  const origin = new URL(url).origin;
+  const helper = '!f() { test "$1" = get && printf "username=%s\\npassword=%s\\n" "$SLIPWAY_GIT_USERNAME" "$SLIPWAY_GIT_PASSWORD"; }; f';
+  return {
+    GIT_CONFIG_COUNT: '2',
+    GIT_CONFIG_KEY_0: 'credential.helper',
+    GIT_CONFIG_VALUE_0: '',
+    GIT_CONFIG_KEY_1: `credential.${origin}.helper`,
+    GIT_CONFIG_VALUE_1: helper,
+    SLIPWAY_GIT_USERNAME: c.username,
+    SLIPWAY_GIT_PASSWORD: c.password,
+  };
+}
+
+async function cloneCommit(src: Extract<BuildSource, { type: 'git' }>, dir: string, log: BuildLogger, signal: AbortSignal, credentials?: GitCredentials): Promise<void> {
+  // A URL that still carries userinfo has it taken off here, and used like credentials given apart.
+  const split = /^https?:\/\//i.test(src.url) ? splitCredentials(src.url) : { url: src.url };
+  const url = split.url;
+  const shown = redactUrl(src.url);
+  if (!GIT_URL.test(url)) throw new BuildError(`not a git URL this builder clones from: ${shown}`, 'user');
   if (!SHA.test(src.sha)) throw new BuildError(`not a commit id: ${src.sha}`, 'user');
-  log.line(`git: fetching ${src.sha.slice(0, 12)} (${src.ref}) from ${src.url}`);
-  await git(['init', '-q', dir], signal);
-  await git(['-C', dir, 'remote', 'add', 'origin', src.url], signal);
-  const bySha = await git(['-C', dir, 'fetch', '-q', '--depth', '1', '--no-tags', 'origin', src.sha], signal).then(
+  const env = credentialEnv(url, credentials ?? split.credentials);
+  const git = (args: string[]) => runGit(args, signal, env);
+  log.line(`git: fetching ${src.sha.slice(0, 12)} (${src.ref}) from ${shown}`);
+  await git(['init', '-q', dir]);
+  await git(['-C', dir, 'remote', 'add', 'origin', url]);
+  const bySha = await git(['-C', dir, 'fetch', '-q', '--depth', '1', '--no-tags', 'origin', src.sha]).then(
     () => null,
     (err: Error) => err,
   );
   if (bySha) {
-    if (unreachable(bySha.message)) throw new BuildError(`cannot reach git repository ${src.url}: ${bySha.message}`, 'infrastructure');
+    if (unreachable(bySha.message)) throw new BuildError(`cannot reach git repository ${shown}: ${bySha.message}`, 'infrastructure');
     const branch = src.ref.replace(/^refs\/heads\//, '');
-    await git(['-C', dir, 'fetch', '-q', '--no-tags', 'origin', `+refs/heads/${branch}:refs/remotes/origin/${branch}`], signal).catch((err: Error) => {
-      throw new BuildError(`cannot fetch branch ${branch} of ${src.url}: ${err.message}`, unreachable(err.message) ? 'infrastructure' : 'user');
+    await git(['-C', dir, 'fetch', '-q', '--no-tags', 'origin', `+refs/heads/${branch}:refs/remotes/origin/${branch}`]).catch((err: Error) => {
+      throw new BuildError(`cannot fetch branch ${branch} of ${shown}: ${err.message}`, unreachable(err.message) ? 'infrastructure' : 'user');
     });
-    const found = await git(['-C', dir, 'cat-file', '-e', `${src.sha}^{commit}`], signal).then(
+    const found = await git(['-C', dir, 'cat-file', '-e', `${src.sha}^{commit}`]).then(
       () => true,
       () => false,
     );
     if (!found) {
-      throw new BuildError(`commit ${src.sha} does not exist in ${src.url} (not fetchable by id, and not on branch ${branch})`, 'user');
+      throw new BuildError(`commit ${src.sha} does not exist in ${shown} (not fetchable by id, and not on branch ${branch})`, 'user');
     }
   }
-  await git(['-C', dir, '-c', 'advice.detachedHead=false', 'checkout', '-q', src.sha], signal).catch((err: Error) => {
-    throw new BuildError(`cannot check out ${src.sha} of ${src.url}: ${err.message}`, 'user');
+  await git(['-C', dir, '-c', 'advice.detachedHead=false', 'checkout', '-q', src.sha]).catch((err: Error) => {
+    throw new BuildError(`cannot check out ${src.sha} of ${shown}: ${err.message}`, 'user');
   });
   // Like docker's git contexts: the build sees the tree, not the repository.
   await rm(join(dir, '.git'), { recursive: true, force: true });
@@ -79,16 +116,17 @@ function unreachable(message: string): boolean {
     !/not our ref|couldn't find remote ref|no such remote ref|upload-pack: not our ref/i.test(message);
 }
 
-function git(args: string[], signal: AbortSignal): Promise<string> {
+/** git, failing with its stderr, any URL's credentials in it redacted. */
+function runGit(args: string[], signal: AbortSignal, env: NodeJS.ProcessEnv): Promise<string> {
   return new Promise((ok, fail) => {
     execFile(
       'git',
       ['-c', 'protocol.ext.allow=never', '-c', 'core.hooksPath=/dev/null', ...args],
-      { signal, env: { ...process.env, GIT_TERMINAL_PROMPT: '0', GIT_ASKPASS: 'true' }, maxBuffer: 16 << 20 },
+      { signal, env: { ...process.env, GIT_TERMINAL_PROMPT: '0', GIT_ASKPASS: 'true', ...env }, maxBuffer: 16 << 20 },
       (err, stdout, stderr) => {
         if (err) {
           const missing = (err as NodeJS.ErrnoException).code === 'ENOENT';
-          fail(new Error(missing ? 'git is not installed on this worker (apt-get install git)' : stderr.trim() || err.message));
+          fail(new Error(missing ? 'git is not installed on this worker (apt-get install git)' : redactUrls(stderr.trim() || err.message)));
         } else ok(stdout);
       },
     );

@@ -176,12 +176,14 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
     .option('--branch <name>', 'branch', 'main')
     .requiredOption('--tag <ref>', 'HOST:PORT/repo:tag to build ({branch}, {sha}, {short} allowed; repeatable)', collect, [])
     .option('--dockerfile <path>', 'Dockerfile inside the repository', 'Dockerfile')
-    .option('--secret <s>', 'webhook secret for this repository (else the server-wide SLIPWAY_HOOK_SECRET)')
+    .option('--secret <s>', 'webhook secret for this repository (else the server-wide SLIPWAY_HOOK_SECRET); stored sealed')
     .option('--redis <url>', 'Redis URL (SLIPWAY_REDIS_URL)')
     .action((opts: { repo: string; branch: string; tag: string[]; dockerfile: string; secret?: string; redis?: string }) =>
       withRedis(opts.redis, async (b, redis) => {
-        const t = await b.addTrigger(redis, prefixOf(), { repo: opts.repo, branch: opts.branch, tags: opts.tag, dockerfile: opts.dockerfile, secret: opts.secret });
-        console.log(`trigger: ${t.repo} ${t.branch} → ${t.tags.join(', ')} (${t.dockerfile})`);
+        const input = { repo: opts.repo, branch: opts.branch, tags: opts.tag, dockerfile: opts.dockerfile, secret: opts.secret };
+        const t = await b.addTrigger(redis, prefixOf(), input, secretsKey(b));
+        const sealed = [t.secret ? 'secret' : '', t.credentials ? 'clone credentials' : ''].filter(Boolean).join(' and ');
+        console.log(`trigger: ${t.repo} ${t.branch} → ${t.tags.join(', ')} (${t.dockerfile})${sealed ? `; ${sealed} sealed with ${b.secretsKeyFile()}` : ''}`);
       }),
     );
   trigger
@@ -189,8 +191,9 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
     .option('--redis <url>', 'Redis URL (SLIPWAY_REDIS_URL)')
     .action((opts: { redis?: string }) =>
       withRedis(opts.redis, async (b, redis) => {
-        const rows = (await b.listTriggers(redis, prefixOf())).map((t) => [t.repo, t.branch, t.tags.join(','), t.dockerfile, t.secret ? 'own' : 'server']);
-        printTable([['REPOSITORY', 'BRANCH', 'TAGS', 'DOCKERFILE', 'SECRET'], ...rows]);
+        // Secrets are never shown: only whether a trigger has its own (else the server-wide one is used).
+        const rows = (await b.listTriggers(redis, prefixOf(), secretsKey(b))).map((t) => [t.repo, t.branch, t.tags.join(','), t.dockerfile, t.secret ? 'set' : 'server', t.credentials ? 'set' : '-']);
+        printTable([['REPOSITORY', 'BRANCH', 'TAGS', 'DOCKERFILE', 'SECRET', 'CREDENTIALS'], ...rows]);
       }),
     );
   trigger
@@ -208,6 +211,9 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
 }
 
 type Builder = Awaited<ReturnType<typeof builder>>;
+
+/** The secrets key (SLIPWAY_SECRETS_KEY_FILE, else ./.slipway/secrets.key), read only when a secret is sealed or opened. */
+const secretsKey = (b: Builder) => () => b.loadSecretsKey(b.secretsKeyFile());
 
 async function withRedis(flag: string | undefined, fn: (b: Builder, redis: ReturnType<Builder['connectRedis']>) => Promise<void>): Promise<void> {
   const b = await builder();

@@ -48,9 +48,9 @@ program
   .option('--listen <host:port>', 'registry address', '127.0.0.1:5000')
   .action(async (opts: { state: string; listen: string }) => {
     const state = resolve(opts.state);
-    const { mkdir } = await import('node:fs/promises');
-    await mkdir(state, { recursive: true });
-    const { startStack } = await import('./stack.js');
+    const [{ startStack }, { SECRETS_KEY_ENV, secretsKeyFile, redactUrl }] = await Promise.all([import('./stack.js'), import('../builder/index.js')]);
+    // Every part of this process (the hook handler, the build API) seals with <state>/secrets.key.
+    process.env[SECRETS_KEY_ENV] = secretsKeyFile(state);
     const stack = await startStack(state);
     const { loadRegistryConfig } = await registryConfig();
     const cfg = loadRegistryConfig({ listen: opts.listen, data: `${state}/registry`, redis: stack.redisUrl });
@@ -63,7 +63,7 @@ program
       await running.close();
       await stack.close();
     });
-    console.log(`slipway up: registry listening on ${running.url}, redis at ${stack.redisUrl}, one builder worker (state in ${state})`);
+    console.log(`slipway up: registry listening on ${running.url}, redis at ${redactUrl(stack.redisUrl)} (password in ${state}/redis.url), one builder worker (state in ${state})`);
   });
 
 program

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { SECRETS_KEY_ENV, loadSecretsKey, secretsKeyFile } from '../builder/seal.js';
 import { STAND_IN, startBuilderEnv, type BuilderEnv } from './harness/builder-env.js';
 import { serveGit, type GitDaemon } from './harness/git.js';
+import { git, run } from './harness/git-http.js';
 import { sharedRedis } from './harness/redis.js';
 
 /*
@@ -16,19 +17,6 @@ import { sharedRedis } from './harness/redis.js';
 const SECRET = 'tr1gger-s3cret';
 const GLOBAL_SECRET = 'server-wide-secret';
 
-const run = (cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) =>
-  new Promise<{ code: number; stdout: string; stderr: string }>((ok) =>
-    execFile(cmd, args, { ...opts, env: { ...process.env, ...opts.env }, timeout: 30_000 }, (err, stdout, stderr) =>
-      ok({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    ),
-  );
-
-async function git(cwd: string, ...args: string[]): Promise<string> {
-  const r = await run('git', ['-c', 'user.name=t', '-c', 'user.email=t@example.invalid', ...args], { cwd });
-  if (r.code !== 0) throw new Error(`git ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout.trim();
-}
-
 let redis: { url: string; release(): Promise<void> };
 let env: BuilderEnv;
 let tmp: string;
@@ -37,9 +25,11 @@ let repoUrl: string;
 const shas: string[] = [];
 
 before(async () => {
-  redis = await sharedRedis();
-  env = await startBuilderEnv(redis.url, { hookSecret: GLOBAL_SECRET });
   tmp = await mkdtemp(join(tmpdir(), 'slipway-git-'));
+  // Trigger secrets are sealed: this process (the hook handler) and `slipway trigger` share one key.
+  process.env[SECRETS_KEY_ENV] = join(tmp, 'secrets.key');
+  redis = await sharedRedis();
+  env = await startBuilderEnv(redis.url, { hookSecret: GLOBAL_SECRET, secretsKey: await loadSecretsKey(secretsKeyFile()) });
   const served = join(tmp, 'served');
   await mkdir(join(served, 'acme'), { recursive: true });
   await git(served, 'init', '-q', '--bare', '-b', 'main', 'acme/app.git');
@@ -87,8 +77,10 @@ async function curl(payload: unknown, headers: string[]): Promise<Sent> {
 
 const sign = (payload: unknown, secret = SECRET) => createHmac('sha256', secret).update(JSON.stringify(payload)).digest('hex');
 
+/** A push event; each one unique, as real ones are (a body seen before is refused as a replay). */
 function githubPush(sha: string, repo = 'acme/app') {
-  return { ref: 'refs/heads/main', before: shas[0], after: sha, repository: { full_name: repo, clone_url: repoUrl, html_url: `http://git.example.invalid/${repo}` }, pusher: { name: 't' } };
+  const repository = { full_name: repo, clone_url: repoUrl, html_url: `http://git.example.invalid/${repo}` };
+  return { ref: 'refs/heads/main', before: shas[0], after: sha, repository, pusher: { name: 't' }, head_commit: { id: sha, message: randomUUID() } };
 }
 
 function github(payload: unknown, secret = SECRET, delivery = randomUUID()): string[] {
@@ -108,8 +100,8 @@ describe('git webhooks', () => {
     const other = await slipway(['trigger', 'add', '--repo', 'git://127.0.0.1:1/other.git', '--tag', `${env.host}/other:x`]);
     assert.equal(other.code, 0, other.stderr);
     const ls = await slipway(['trigger', 'ls']);
-    assert.match(ls.stdout, /^REPOSITORY +BRANCH +TAGS +DOCKERFILE +SECRET\n/);
-    assert.match(ls.stdout, /acme\/app +main +\S+acme\/app:\{branch\}-\{short\},\S+:latest +docker\/Dockerfile\.prod +own/);
+    assert.match(ls.stdout, /^REPOSITORY +BRANCH +TAGS +DOCKERFILE +SECRET +CREDENTIALS\n/);
+    assert.match(ls.stdout, /acme\/app +main +\S+acme\/app:\{branch\}-\{short\},\S+:latest +docker\/Dockerfile\.prod +set +-/);
     assert.doesNotMatch(ls.stdout, new RegExp(SECRET));
     assert.equal((await slipway(['trigger', 'rm', '--repo', 'git://127.0.0.1:1/other.git/'])).code, 0);
     const rmAgain = await slipway(['trigger', 'rm', '--repo', 'git://127.0.0.1:1/other.git']);
@@ -124,7 +116,7 @@ describe('git webhooks', () => {
     const payload = githubPush(shas[0]!);
     const forged = await curl(payload, github(payload, 'wrong-secret'));
     assert.equal(forged.status, 401);
-    assert.match(forged.body.error ?? '', /signature does not match/);
+    assert.match(forged.body.error ?? '', /not signed with the secret configured/);
     const unsigned = await curl(payload, ['X-GitHub-Event: push', `X-GitHub-Delivery: ${randomUUID()}`]);
     assert.equal(unsigned.status, 401);
     const tampered = await curl({ ...payload, after: shas[1] }, github(payload));

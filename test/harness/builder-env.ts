@@ -49,7 +49,7 @@ export interface BuilderEnv {
 
 export async function startBuilderEnv(redisUrl: string, opts: Partial<BuilderRoutesOptions> = {}): Promise<BuilderEnv> {
   const dir = await mkdtemp(join(tmpdir(), 'slipway-builder-'));
-  const prefix = randomPrefix('b');
+  const prefix = opts.prefix ?? randomPrefix('b');
   const store = createStore(new FilesystemDriver(join(dir, 'registry')));
   const app = createRegistryApp({ store, log: () => undefined });
   const mounted = mountBuilder(app.express, { redisUrl, prefix, store, attempts: 3, backoffMs: 200, ...opts });
