@@ -6,3 +6,4 @@
  */
 export { packContext, type PackStats } from './build-context.js';
 export { buildQuery, validateRef } from './spec.js';
+export { SECRETS_CONTENT_TYPE, secretsLine } from './secrets-wire.js';

@@ -35,6 +35,7 @@ export class LogWriter implements BuildLogger {
   private readonly steps = new Map<number, string>();
   private readonly streamKey: string;
   private readonly stepsKey: string;
+  private mask: (text: string) => string = (text) => text;
   lastError: unknown;
 
   constructor(
@@ -46,8 +47,18 @@ export class LogWriter implements BuildLogger {
     this.stepsKey = keys(prefix).steps(id);
   }
 
+  /** Hides the build's secret values (redact.ts secretMasker) in every line written from now on. */
+  maskWith(mask: (text: string) => string): void {
+    this.mask = mask;
+  }
+
+  /** `text` with the build's secret values hidden. */
+  masked(text: string): string {
+    return this.mask(text);
+  }
+
   line(text: string): void {
-    for (const l of text.replace(/\r?\n$/, '').split(/\r?\n/)) {
+    for (const l of this.mask(text).replace(/\r?\n$/, '').split(/\r?\n/)) {
       this.recent.push(l);
       if (this.recent.length > RECENT) this.recent.shift();
       this.push(['line', l]);

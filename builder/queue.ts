@@ -3,6 +3,12 @@
  * then the job, whose id is the build id), cancel one, and read records with
  * their state reconciled against the queue (a job BullMQ failed on its own,
  * e.g. stalled too often, is reported as failed even though no worker said so).
+ *
+ * Each build gets two capability tokens (records.ts keeps only their sha256): the
+ * worker's, carried in the job with the API's URL, and the submitter's, returned
+ * once by `enqueue` to cancel with. The worker's token stays valid while the build
+ * has not ended, so a retried attempt (another worker, after a stall) fetches the
+ * context and secrets again with it; once the build ended it opens nothing.
  */
 import { randomUUID } from 'node:crypto';
 import { Queue, type JobsOptions } from 'bullmq';
@@ -11,6 +17,7 @@ import { LogWriter } from './logs.js';
 import {
   createRecord,
   finishRecord,
+  newToken,
   getRecord,
   isTerminal,
   listRecords,
@@ -21,11 +28,31 @@ import {
   type BuildSpec,
 } from './records.js';
 import { QUEUE_NAME, connectRedis, keys, type BuilderSpace } from './redis.js';
+import { loadSecrets, storeSecrets } from './sealed-secrets.js';
+import type { BuildSecret } from './types.js';
 
 /** What a job carries; the record holds the rest. */
 export interface BuildJobData {
   spec: BuildSpec;
   source: BuildSource;
+  /** The worker's capability token for this build (Authorization: Bearer). */
+  token?: string;
+  /** Base URL of the registry's API: where the worker fetches the secrets. */
+  api?: string;
+  /** Whether the build has secrets (user's, or a git source's credentials) to fetch. */
+  secrets?: boolean;
+}
+
+/** A build as its submitter gets it: the record and, once, the token that cancels it. */
+export type SubmittedBuild = BuildRecord & { cancelToken: string };
+
+export interface EnqueueOptions {
+  /** The build id, when the caller stored the context under it first. */
+  id?: string;
+  /** Secret values (sealed at rest with the queue's key); ids only go into the spec. */
+  secrets?: readonly BuildSecret[];
+  /** Base URL of the API for the worker; default the queue's `apiUrl`. */
+  apiUrl?: string;
 }
 
 export interface QueueOptions {
@@ -35,6 +62,10 @@ export interface QueueOptions {
   backoffMs?: number;
   /** Build records (with logs) kept; older ones are removed as new builds come. Default 10,000. */
   keepRecords?: number;
+  /** Key that seals build secrets at rest (builder/seal.ts); needed to enqueue secrets. */
+  secretsKey?: Buffer;
+  /** Base URL of the registry's API, handed to workers (secrets, contexts). */
+  apiUrl?: string;
 }
 
 /** Build ids are job ids: BullMQ refuses ids that are plain integers or contain ':'. */
@@ -52,6 +83,8 @@ export class BuildQueue {
   private readonly jobOptions: JobsOptions;
   private readonly ownsRedis: boolean;
   private readonly keepRecords: number;
+  private readonly secretsKey?: Buffer;
+  private readonly apiUrl?: string;
 
   constructor(
     readonly space: BuilderSpace,
@@ -60,7 +93,10 @@ export class BuildQueue {
     this.prefix = space.prefix;
     this.ownsRedis = !opts.redis;
     this.keepRecords = opts.keepRecords ?? 10_000;
-    this.redis = opts.redis ?? connectRedis(space.redisUrl, 'slipway-queue');
+    this.secretsKey = opts.secretsKey;
+    this.apiUrl = opts.apiUrl;
+    // Serves HTTP requests: fails fast while Redis is away (503) rather than hang.
+    this.redis = opts.redis ?? connectRedis(space.redisUrl, 'slipway-queue', { failFast: true });
     this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: space.prefix });
     this.queue.on('error', () => undefined); // reconnects on its own; callers see failed commands
     this.jobOptions = {
@@ -71,8 +107,13 @@ export class BuildQueue {
     };
   }
 
-  /** Records and queues a build; `id` lets a caller store the context under the id first. */
-  async enqueue(spec: BuildSpec, source: BuildSource, origin: BuildRecord['origin'], id = newBuildId()): Promise<BuildRecord> {
+  /** Records and queues a build, with its secrets sealed beside it. */
+  async enqueue(spec: BuildSpec, source: BuildSource, origin: BuildRecord['origin'], opts: EnqueueOptions = {}): Promise<SubmittedBuild> {
+    const id = opts.id ?? newBuildId();
+    const secrets = opts.secrets ?? [];
+    const api = opts.apiUrl ?? this.apiUrl;
+    if (secrets.length && !this.secretsKey) throw new Error('this build queue has no secrets key: it cannot keep build secrets');
+    if (secrets.length && !api) throw new Error("this build queue does not know the registry's URL: workers could not fetch the build's secrets");
     const record: BuildRecord = {
       id,
       status: 'queued',
@@ -87,11 +128,18 @@ export class BuildQueue {
       cancelRequested: false,
     };
     const { steps: _steps, ...stored } = record;
-    await createRecord(this.redis, this.prefix, stored);
-    const data: BuildJobData = { spec, source };
-    await this.queue.add('build', data, { ...this.jobOptions, jobId: id });
+    const tokens = { worker: newToken(), cancel: newToken() };
+    const data: BuildJobData = { spec, source, token: tokens.worker, api, secrets: secrets.length > 0 };
+    try {
+      await storeSecrets(this.redis, this.prefix, this.secretsKey!, id, secrets);
+      await createRecord(this.redis, this.prefix, stored, tokens);
+      await this.queue.add('build', data, { ...this.jobOptions, jobId: id });
+    } catch (err) {
+      await this.redis.del(keys(this.prefix).secrets(id)).catch(() => undefined);
+      throw err;
+    }
     await pruneRecords(this.redis, this.prefix, this.keepRecords);
-    return record;
+    return { ...record, cancelToken: tokens.cancel };
   }
 
   /** The record, with a state the queue already decided (failed, lost) written into it. */
@@ -106,6 +154,11 @@ export class BuildQueue {
     if (!reason) return record;
     await this.fail(id, reason);
     return getRecord(this.redis, this.prefix, id);
+  }
+
+  /** The build's secrets in clear, for its worker (none without a key or when deleted). */
+  async secretsOf(id: string): Promise<BuildSecret[]> {
+    return this.secretsKey ? loadSecrets(this.redis, this.prefix, this.secretsKey, id) : [];
   }
 
   async list(opts: { limit?: number; offset?: number } = {}): Promise<BuildRecord[]> {

@@ -4,7 +4,12 @@
  * A record is the answer to GET /api/builds/:id; the log is a stream beside it
  * (logs.ts). Terminal states are final: `finishRecord` never overwrites one, so
  * a cancel that wins a race with the worker stays a cancel.
+ *
+ * A record's hash also holds the sha256 of the build's two capability tokens (never
+ * the tokens, and never returned by getRecord): the worker's, which fetches and
+ * deletes the context and fetches the secrets, and the submitter's, which cancels.
  */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { BuildRequest, BuildStep } from './types.js';
 import { keys } from './redis.js';
@@ -13,8 +18,11 @@ export type BuildStatus = 'queued' | 'running' | 'succeeded' | 'failed' | 'cance
 export const TERMINAL: readonly BuildStatus[] = ['succeeded', 'failed', 'cancelled'];
 export const isTerminal = (s: BuildStatus): boolean => TERMINAL.includes(s);
 
-/** What to build, as the client asked (BuildRequest without the worker's paths). */
-export type BuildSpec = Omit<BuildRequest, 'id' | 'contextDir'>;
+/**
+ * What to build, as the client asked (BuildRequest without the worker's paths), with
+ * the ids of the build's secrets only: their values are kept apart, sealed.
+ */
+export type BuildSpec = Omit<BuildRequest, 'id' | 'contextDir' | 'secrets'> & { secrets: string[] };
 
 /** Where the worker gets the context from. */
 export type BuildSource =
@@ -55,6 +63,22 @@ export interface BuildRecord {
 }
 
 type Stored = Omit<BuildRecord, 'steps'>;
+
+export type TokenKind = 'worker' | 'cancel';
+const TOKEN_FIELDS: Record<TokenKind, string> = { worker: 'workerTokenSha256', cancel: 'cancelTokenSha256' };
+const HIDDEN_FIELDS = new Set(Object.values(TOKEN_FIELDS));
+
+/** A capability token: 32 random bytes. */
+export const newToken = (): string => randomBytes(32).toString('base64url');
+const sha256 = (s: string): Buffer => createHash('sha256').update(s).digest();
+
+/** True when `token` is the build's token of that kind (compared in constant time). */
+export async function tokenMatches(redis: Redis, prefix: string, id: string, kind: TokenKind, token: string | undefined): Promise<boolean> {
+  if (!token) return false;
+  const stored = await redis.hget(keys(prefix).record(id), TOKEN_FIELDS[kind]);
+  if (!stored || !/^[0-9a-f]{64}$/.test(stored)) return false;
+  return timingSafeEqual(sha256(token), Buffer.from(stored, 'hex'));
+}
 const JSON_FIELDS = new Set(['spec', 'source', 'error']);
 const NUMBER_FIELDS = new Set(['durationMs', 'queuedMs', 'attempts', 'maxAttempts', 'cacheHits']);
 const BOOLEAN_FIELDS = new Set(['cancelRequested']);
@@ -71,16 +95,18 @@ function encode(patch: Partial<Stored>): string[] {
 function decode(hash: Record<string, string>): Stored {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(hash)) {
+    if (HIDDEN_FIELDS.has(k)) continue;
     out[k] = JSON_FIELDS.has(k) ? JSON.parse(v) : NUMBER_FIELDS.has(k) ? Number(v) : BOOLEAN_FIELDS.has(k) ? v === '1' : v;
   }
   return out as unknown as Stored;
 }
 
-export async function createRecord(redis: Redis, prefix: string, record: Omit<BuildRecord, 'steps'>): Promise<void> {
+export async function createRecord(redis: Redis, prefix: string, record: Omit<BuildRecord, 'steps'>, tokens: Record<TokenKind, string>): Promise<void> {
   const k = keys(prefix);
   // A counter, not the time, orders the index: two builds created in the same ms keep their order.
   const seq = await redis.incr(k.sequence);
-  await redis.multi().hset(k.record(record.id), ...encode(record)).zadd(k.index, seq, record.id).exec();
+  const hashed = Object.entries(tokens).flatMap(([kind, token]) => [TOKEN_FIELDS[kind as TokenKind], sha256(token).toString('hex')]);
+  await redis.multi().hset(k.record(record.id), ...encode(record), ...hashed).zadd(k.index, seq, record.id).exec();
 }
 
 export async function getRecord(redis: Redis, prefix: string, id: string): Promise<BuildRecord | null> {
@@ -97,7 +123,7 @@ export async function pruneRecords(redis: Redis, prefix: string, keep: number): 
   if ((await redis.zcard(k.index)) <= keep) return 0;
   const old = await redis.zrange(k.index, 0, String(-(keep + 1)));
   if (old.length === 0) return 0;
-  await redis.multi().del(...old.flatMap((id) => [k.record(id), k.steps(id), k.log(id)])).zrem(k.index, ...old).exec();
+  await redis.multi().del(...old.flatMap((id) => [k.record(id), k.steps(id), k.log(id), k.secrets(id)])).zrem(k.index, ...old).exec();
   return old.length;
 }
 
@@ -129,7 +155,10 @@ export async function finishRecord(
   const hash = await redis.hmget(keys(prefix).record(id), 'startedAt');
   const started = hash[0] ? Date.parse(hash[0]) : undefined;
   const durationMs = started === undefined ? undefined : now.getTime() - started;
-  return updateRecord(redis, prefix, id, { ...patch, status, finishedAt: now.toISOString(), durationMs });
+  const finished = await updateRecord(redis, prefix, id, { ...patch, status, finishedAt: now.toISOString(), durationMs });
+  // An ended build's secrets are of no more use to anyone.
+  if (finished) await redis.del(keys(prefix).secrets(id));
+  return finished;
 }
 
 /** Flags a cancel (the worker polls it too, in case the pub/sub message is missed). */

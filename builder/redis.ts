@@ -9,6 +9,8 @@
  *   <prefix>:build:<id>             HASH   the build record (records.ts)
  *   <prefix>:build:<id>:steps       HASH   step index → BuildStep JSON
  *   <prefix>:build:<id>:log         STREAM log entries {t: line|step|status|end, d} (logs.ts)
+ *   <prefix>:build:<id>:secrets     HASH   secret id → value sealed under the registry's key
+ *                                          (aad "<id>/<secret id>"); deleted when the build ends
  *   <prefix>:triggers               HASH   "<repo>#<branch>" → Trigger JSON (triggers.ts)
  *   <prefix>:hook-delivery:<id>     STRING a webhook delivery already accepted (expires)
  *   <prefix>:hook-body:<sha256>     STRING the delivery id that first brought this webhook body (expires)
@@ -38,6 +40,7 @@ export const keys = (prefix: string) => ({
   record: (id: string) => `${prefix}:build:${id}`,
   steps: (id: string) => `${prefix}:build:${id}:steps`,
   log: (id: string) => `${prefix}:build:${id}:log`,
+  secrets: (id: string) => `${prefix}:build:${id}:secrets`,
   triggers: `${prefix}:triggers`,
   delivery: (id: string) => `${prefix}:hook-delivery:${id}`,
   hookBody: (sha256: string) => `${prefix}:hook-body:${sha256}`,
@@ -45,27 +48,59 @@ export const keys = (prefix: string) => ({
 });
 
 export class RedisUnreachableError extends Error {
-  constructor(readonly url: string, cause: string) {
+  /** The URL without its credentials: this message reaches HTTP clients and logs. */
+  readonly url: string;
+  constructor(url: string, cause: string) {
     super(
-      `Redis at ${url} is not reachable (${cause}). Start one (\`slipway up\` starts its own) ` +
+      `Redis at ${redactUrl(url)} is not reachable (${cause}). Start one (\`slipway up\` starts its own) ` +
         `or point --redis / SLIPWAY_REDIS_URL at a running Redis.`,
     );
+    this.url = redactUrl(url);
   }
 }
 
 /**
  * A long-lived connection: reconnects forever and queues commands while Redis
  * is away (what BullMQ workers need: `maxRetriesPerRequest: null`).
+ *
+ * `failFast` is for connections that serve HTTP requests: a command waiting while
+ * Redis is away fails at the next failed reconnect (`maxRetriesPerRequest: 0`), and
+ * any command fails after `commandTimeout`, so a request answers 503 instead of hanging.
  */
-export function connectRedis(url: string, name = 'slipway'): Redis {
-  const redis = new Redis(url, { maxRetriesPerRequest: null, connectionName: name, lazyConnect: false });
+export function connectRedis(url: string, name = 'slipway', opts: { failFast?: boolean } = {}): Redis {
+  const options = opts.failFast ? { maxRetriesPerRequest: 0, commandTimeout: REQUEST_COMMAND_TIMEOUT_MS } : { maxRetriesPerRequest: null };
+  const redis = new Redis(url, { ...options, connectionName: name, lazyConnect: false });
   // Reconnection is automatic; the error is kept to explain a failed pingRedis.
   redis.on('error', (err: Error) => lastErrors.set(redis, err.message));
-  redis.on('ready', () => lastErrors.delete(redis));
+  redis.on('ready', () => {
+    lastErrors.delete(redis);
+    wasReady.add(redis);
+  });
   return redis;
 }
 
+/** Longer than any blocking read of a request (a log follower's XREAD BLOCK waits 2 s). */
+const REQUEST_COMMAND_TIMEOUT_MS = 5000;
 const lastErrors = new WeakMap<Redis, string>();
+const wasReady = new WeakSet<Redis>();
+
+/**
+ * Throws RedisUnreachableError at once when the connection is down (it failed, or
+ * it was up and is reconnecting); a connection still making its first attempt is
+ * let through (its commands wait for it, bounded by the fail-fast options).
+ */
+export function whenRedisUp(redis: Redis, url: string): void {
+  if (redis.status === 'ready') return;
+  const why = lastErrors.get(redis) ?? (wasReady.has(redis) ? `the connection is ${redis.status}` : undefined);
+  if (why) throw new RedisUnreachableError(url, why);
+}
+
+/** A command that failed because Redis is away, as RedisUnreachableError; any other error as it is. */
+export function asRedisUnreachable(err: unknown, redis: Redis, url: string): unknown {
+  if (err instanceof RedisUnreachableError || !(err instanceof Error)) return err;
+  const lost = err.name === 'MaxRetriesPerRequestError' || /Command timed out|Connection is closed|Stream isn't writeable|ECONNREFUSED|ECONNRESET/.test(err.message);
+  return lost ? new RedisUnreachableError(url, lastErrors.get(redis) ?? err.message) : err;
+}
 
 /** Resolves when Redis answers PING within `timeoutMs`; otherwise RedisUnreachableError. */
 export async function checkRedis(url: string, timeoutMs = 3000): Promise<void> {

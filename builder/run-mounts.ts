@@ -10,7 +10,7 @@
  *   heredoc      a `#!` script body, mounted under /dev (a tmpfs: no trace in the layer)
  */
 import { createHash } from 'node:crypto';
-import { chown, lstat, mkdir, readFile, readdir, rmdir, unlink } from 'node:fs/promises';
+import { chown, lstat, mkdir, readdir, rmdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { secureJoin } from '../runner/index.js';
 import type { BuildSecret } from './types.js';
@@ -76,7 +76,8 @@ async function cacheMount(m: Extract<MountSpec, { type: 'cache' }>, ctx: MountCo
 }
 
 async function secretMount(m: Extract<MountSpec, { type: 'secret' }>, i: number, ctx: MountContext, out: PreparedMounts): Promise<void> {
-  const value = await secretValue(m.id, ctx.secrets);
+  // The value the client sent: no path or variable of this worker is ever read for it.
+  const value = ctx.secrets.find((s) => s.id === m.id)?.value;
   if (value === undefined) {
     if (m.required) throw new SecretMissingError(`secret "${m.id}" is required but was not provided to the build`);
     return;
@@ -86,14 +87,6 @@ async function secretMount(m: Extract<MountSpec, { type: 'secret' }>, i: number,
   const file = join(ctx.scratch, `secret-${i}`);
   await mountableFile(file, value, m.mode, m.uid, m.gid);
   out.mounts.push(bindMount(file, m.target ?? `/run/secrets/${m.id}`, true));
-}
-
-async function secretValue(id: string, secrets: BuildSecret[]): Promise<Buffer | undefined> {
-  const s = secrets.find((x) => x.id === id);
-  if (!s) return undefined;
-  if (s.src) return readFile(s.src);
-  const v = process.env[s.env ?? id];
-  return v === undefined ? undefined : Buffer.from(v);
 }
 
 async function lock(key: string): Promise<() => void> {

@@ -17,6 +17,8 @@ import type { BuildSource } from './records.js';
 import { BuildError, type BuildLogger } from './types.js';
 
 export interface SourceOptions {
+  /** The build's capability token: the registry's API gives the context only with it. */
+  token?: string;
   /** Credentials for a git source, kept apart from its URL (sent as a build secret). */
   gitCredentials?: { username: string; password: string };
 }
@@ -24,14 +26,14 @@ export interface SourceOptions {
 /** Fills `dir` with the build's context; logs what it did. */
 export async function prepareSource(source: BuildSource, dir: string, log: BuildLogger, signal: AbortSignal, opts: SourceOptions = {}): Promise<void> {
   await rm(dir, { recursive: true, force: true });
-  if (source.type === 'upload') await fetchUpload(source.url, dir, log, signal);
+  if (source.type === 'upload') await fetchUpload(source.url, dir, log, signal, opts.token);
   else await cloneCommit(source, dir, log, signal, opts.gitCredentials);
 }
 
-async function fetchUpload(url: string, dir: string, log: BuildLogger, signal: AbortSignal): Promise<void> {
+async function fetchUpload(url: string, dir: string, log: BuildLogger, signal: AbortSignal, token?: string): Promise<void> {
   let res: Response;
   try {
-    res = await fetch(url, { signal });
+    res = await fetch(url, { signal, headers: token ? { Authorization: `Bearer ${token}` } : {} });
   } catch (err) {
     throw new BuildError(`cannot fetch the build context from ${url}: ${causeOf(err)}`, 'infrastructure');
   }
@@ -39,10 +41,18 @@ async function fetchUpload(url: string, dir: string, log: BuildLogger, signal: A
   if (!res.ok || !res.body) throw new BuildError(`fetching the build context from ${url} answered ${res.status}`, 'infrastructure');
   const stats = await extractContext(Readable.fromWeb(res.body as WebReadable<Uint8Array>), dir).catch((err: unknown) => {
     if (err instanceof BuildError) throw err;
+    // A transfer that breaks is the infrastructure's; bytes that are not a tar are what
+    // the client sent, and no retry changes them.
+    if (err instanceof Error && NOT_A_TAR.test(err.message)) {
+      throw new BuildError(`the build context is not a tar archive (${causeOf(err)}): send a directory with slipway build, or a tar stream`, 'user');
+    }
     throw new BuildError(`receiving the build context failed: ${causeOf(err)}`, 'infrastructure');
   });
   log.line(`context: ${stats.files} files, ${formatBytes(stats.bytes)}`);
 }
+
+/** tar-stream's complaints about its input (a transfer cut short fails with the socket's error instead). */
+const NOT_A_TAR = /^(Invalid tar header|Invalid header|Header exceeds max size|Unexpected end of data)/;
 
 /** Only these transports; `ext::` and friends run commands. */
 const GIT_URL = /^(https?|git|ssh|file):\/\/[^\s]+$|^[\w.-]+@[\w.-]+:[^\s]+$/;

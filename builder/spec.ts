@@ -1,11 +1,11 @@
 /*
  * A build's options as query parameters of POST /api/builds, after docker's
  * own /build endpoint: t (repeated), dockerfile, buildargs/labels (JSON
- * objects), target, nocache, network, secrets (JSON array). The CLI writes
- * them with `buildQuery`, the API reads them with `parseBuildQuery`.
+ * objects), target, nocache, network. The CLI writes them with `buildQuery`,
+ * the API reads them with `parseBuildQuery`. Secrets are not options: their
+ * values travel in the body (secrets-wire.ts), and a `secrets` parameter is refused.
  */
 import type { BuildSpec } from './records.js';
-import type { BuildSecret } from './types.js';
 
 export class BadRequestError extends Error {}
 
@@ -26,7 +26,6 @@ export function buildQuery(spec: BuildSpec): URLSearchParams {
   if (spec.target) q.set('target', spec.target);
   if (spec.noCache) q.set('nocache', '1');
   q.set('network', spec.network);
-  if (spec.secrets.length) q.set('secrets', JSON.stringify(spec.secrets));
   return q;
 }
 
@@ -44,11 +43,24 @@ function jsonParam<T>(q: URLSearchParams, name: string, fallback: T, check: (v: 
 }
 
 const stringMap = (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string');
-const secretList = (v: unknown) =>
-  Array.isArray(v) &&
-  v.every((s: Partial<BuildSecret>) => typeof s === 'object' && s !== null && typeof s.id === 'string' && (s.src === undefined || typeof s.src === 'string') && (s.env === undefined || typeof s.env === 'string'));
 
+/**
+ * The server never reads a file or a variable a caller names: a `secrets` parameter
+ * (`[{"id":…,"src":…}]`, `{"env":…}`) is refused, saying where secrets go instead.
+ */
+function refuseSecretsParam(q: URLSearchParams): void {
+  const raw = q.get('secrets');
+  if (raw === null) return;
+  const names = /"(src|source|env)"\s*:/.test(raw) ? 'secret sources (src/env) are not read on the server' : 'secrets are not a query parameter';
+  throw new BadRequestError(
+    `${names}: the client reads each secret and sends its value in the body ` +
+      '(Content-Type application/vnd.slipway.build+tar, as `slipway build --secret id=NAME,src=PATH` does)',
+  );
+}
+
+/** The spec asked for; `secrets` (ids) is left empty: the body carries them. */
 export function parseBuildQuery(q: URLSearchParams): BuildSpec {
+  refuseSecretsParam(q);
   const tags = q.getAll('t').flatMap((t) => t.split(',')).map((t) => t.trim()).filter(Boolean);
   if (tags.length === 0) throw new BadRequestError('a build needs at least one tag: t=HOST:PORT/repo:tag');
   const dockerfile = q.get('dockerfile') || 'Dockerfile';
@@ -64,6 +76,6 @@ export function parseBuildQuery(q: URLSearchParams): BuildSpec {
     target: q.get('target') || undefined,
     noCache: nocache === '1' || nocache === 'true',
     network,
-    secrets: jsonParam(q, 'secrets', [], secretList),
+    secrets: [],
   };
 }

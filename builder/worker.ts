@@ -6,6 +6,11 @@
  * else is infrastructure and is retried with exponential backoff until the
  * job's attempts are used up. A worker that dies mid-build loses its lock; the
  * stalled-job check of another worker puts the job back, and it runs again.
+ *
+ * Secrets: the worker fetches a build's secrets from the registry (with the
+ * build's capability token), keeps them in memory for that build, hides their
+ * values in its log, and hands them to the executor; a git source's credentials
+ * (the reserved GIT_CREDENTIALS_SECRET) go to the clone only.
  */
 import { hostname } from 'node:os';
 import { join } from 'node:path';
@@ -15,9 +20,11 @@ import type { Redis } from 'ioredis';
 import { LogWriter } from './logs.js';
 import type { BuildJobData } from './queue.js';
 import { finishRecord, getRecord, isTerminal, updateRecord, type BuildFailure } from './records.js';
+import { secretMasker } from './redact.js';
 import { QUEUE_NAME, connectRedis, keys, type BuilderSpace } from './redis.js';
-import { prepareSource } from './sources.js';
-import { BuildError, type BuildFunction, type BuildRequest, type BuildResult } from './types.js';
+import { parseSecretsJson } from './secrets-wire.js';
+import { prepareSource, type SourceOptions } from './sources.js';
+import { BuildError, GIT_CREDENTIALS_SECRET, type BuildFunction, type BuildOptions, type BuildRequest, type BuildResult, type BuildSecret } from './types.js';
 
 export interface BuildWorkerOptions extends BuilderSpace {
   build: BuildFunction;
@@ -32,7 +39,12 @@ export interface BuildWorkerOptions extends BuilderSpace {
   maxStalledCount?: number;
   /** How often running builds look for a cancel flag besides the pub/sub message (ms). */
   cancelPollMs?: number;
+  /** Run builds that ask for `network=host` (`slipway builder --allow-network-host`). Default false: they fail. */
+  allowHostNetwork?: boolean;
   onError?: (err: unknown) => void;
+  /** Passed to every build (BuildOptions). */
+  limits?: BuildOptions['limits'];
+  allowLocalUrls?: boolean;
 }
 
 export interface RunningWorker {
@@ -126,17 +138,22 @@ async function runJob(job: Job<BuildJobData>, ctx: JobContext): Promise<{ imageD
     if (record.status === 'running') log.line(`--- worker ${record.worker ?? '?'} stopped during the build; started again on ${ctx.name}`);
     else if (attempt > 1) log.line(`--- attempt ${attempt} of ${job.opts.attempts ?? 1} on ${ctx.name}`);
     log.status('running', { attempt, worker: ctx.name });
-    await prepareSource(job.data.source, dir, log, controller.signal);
-    const request: BuildRequest = { id, contextDir: dir, ...job.data.spec };
-    const result = await ctx.build(request, log, { workerRoot: ctx.root, signal: controller.signal, redisUrl: ctx.redisUrl });
+    if (job.data.spec.network === 'host' && !ctx.allowHostNetwork) {
+      throw new BuildError(`this worker (${ctx.name}) does not run builds with network=host; its operator can allow them with --allow-network-host`, 'user');
+    }
+    const secrets = await fetchSecrets(job, controller.signal);
+    log.maskWith(secretMasker(secrets.flatMap(secretTexts)));
+    await prepareSource(job.data.source, dir, log, controller.signal, sourceOptions(job.data, secrets));
+    const request: BuildRequest = { id, contextDir: dir, ...job.data.spec, secrets: secrets.filter((s) => s.id !== GIT_CREDENTIALS_SECRET) };
+    const result = await ctx.build(request, log, { workerRoot: ctx.root, signal: controller.signal, redisUrl: ctx.redisUrl, limits: ctx.limits, allowLocalUrls: ctx.allowLocalUrls });
     if (controller.signal.aborted) throw new BuildError('the build was cancelled', 'user');
     await succeed(log, ctx, id, result);
-    await dropContext(job.data.source);
+    await dropContext(job.data);
     return { imageDigest: result.imageDigest };
   } catch (err) {
     const toThrow = await failure(err, { job, ctx, log, cancelled: controller.signal.aborted });
     const after = await getRecord(redis, prefix, id);
-    if (!after || isTerminal(after.status)) await dropContext(job.data.source);
+    if (!after || isTerminal(after.status)) await dropContext(job.data);
     throw toThrow;
   } finally {
     ctx.active.delete(id);
@@ -152,9 +169,45 @@ async function succeed(log: LogWriter, ctx: JobContext, id: string, result: Buil
   if (await finishRecord(ctx.redis, ctx.prefix, id, 'succeeded', fields)) await log.end('succeeded', { imageDigest: result.imageDigest });
 }
 
-/** A finished build's uploaded context is no longer needed; the API removes it on DELETE. */
-async function dropContext(source: BuildJobData['source']): Promise<void> {
-  if (source.type === 'upload') await fetch(source.url, { method: 'DELETE' }).then((r) => r.body?.cancel(), () => undefined);
+const authorization = (data: BuildJobData): Record<string, string> => (data.token ? { Authorization: `Bearer ${data.token}` } : {});
+
+/** A finished build's uploaded context is no longer needed; the API removes it on DELETE (its worker's token only). */
+async function dropContext(data: BuildJobData): Promise<void> {
+  if (data.source.type !== 'upload') return;
+  await fetch(data.source.url, { method: 'DELETE', headers: authorization(data) }).then((r) => r.body?.cancel(), () => undefined);
+}
+
+/** The build's secrets from the registry (which alone can unseal them); none when it has none. */
+async function fetchSecrets(job: Job<BuildJobData>, signal: AbortSignal): Promise<BuildSecret[]> {
+  const { data } = job;
+  if (!data.secrets) return [];
+  if (!data.api) throw new BuildError('the build has secrets but its job names no API to fetch them from', 'infrastructure');
+  const url = `${data.api}/api/builds/${job.id}/secrets`;
+  let res: Response;
+  try {
+    res = await fetch(url, { signal, headers: authorization(data) });
+  } catch (err) {
+    throw new BuildError(`cannot fetch the build's secrets from ${url}: ${err instanceof Error ? err.message : String(err)}`, 'infrastructure');
+  }
+  const text = await res.text();
+  if (res.status === 404) throw new BuildError(`the build's secrets are no longer available at ${url}`, 'user');
+  if (!res.ok) throw new BuildError(`fetching the build's secrets from ${url} answered ${res.status}`, 'infrastructure');
+  return parseSecretsJson(text, { reserved: true });
+}
+
+/** What the log must never show of a secret: its value, and a git credential's password alone. */
+function secretTexts(s: BuildSecret): string[] {
+  const text = s.value.toString('utf8');
+  return s.id === GIT_CREDENTIALS_SECRET ? [text, text.slice(text.indexOf(':') + 1)] : [text];
+}
+
+/** The capability token for the context, and a git source's credentials (`user:password`). */
+function sourceOptions(data: BuildJobData, secrets: BuildSecret[]): SourceOptions {
+  const git = secrets.find((s) => s.id === GIT_CREDENTIALS_SECRET)?.value.toString('utf8');
+  if (git === undefined) return { token: data.token };
+  const colon = git.indexOf(':');
+  const gitCredentials = colon < 0 ? { username: git, password: '' } : { username: git.slice(0, colon), password: git.slice(colon + 1) };
+  return { token: data.token, gitCredentials };
 }
 
 /** Records the outcome of a failed attempt; returns what to throw to BullMQ. */
@@ -165,8 +218,10 @@ async function failure(err: unknown, at: { job: Job<BuildJobData>; ctx: JobConte
     await settle(ctx.redis, ctx.prefix, id, 'cancelled', { message: 'cancelled while running', kind: 'cancelled' }, log);
     return new UnrecoverableError('cancelled');
   }
-  const be = err instanceof BuildError ? err : new BuildError(err instanceof Error ? err.message : String(err), 'infrastructure');
-  const lastLines = be.detail.lastLines ?? log.lastLines();
+  const raw = err instanceof BuildError ? err : new BuildError(err instanceof Error ? err.message : String(err), 'infrastructure');
+  // What the executor reports (a RUN's last lines) may hold a secret's value too.
+  const be = new BuildError(log.masked(raw.message), raw.kind, raw.detail);
+  const lastLines = be.detail.lastLines?.map((l) => log.masked(l)) ?? log.lastLines();
   const failureInfo: BuildFailure = { message: be.message, kind: be.kind, exitCode: be.detail.exitCode, line: be.detail.line, lastLines };
   const maxAttempts = job.opts.attempts ?? 1;
   const final = be.kind === 'user' || job.attemptsMade + 1 >= maxAttempts;

@@ -5,7 +5,8 @@
  */
 import { request, type IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
-import type { BuildRecord, BuildStep, LogEntry } from '../builder/index.js';
+import { SECRETS_CONTENT_TYPE, secretsLine } from '../builder/client.js';
+import type { BuildSecret, BuildStep, LogEntry, SubmittedBuild } from '../builder/index.js';
 
 export class ServerUnreachableError extends Error {
   constructor(server: string, cause: string) {
@@ -38,9 +39,13 @@ function errorText(status: number, text: string): string {
   }
 }
 
-/** POSTs the context (streamed, chunked) with the build's options in the query; returns the record. */
-export function submitBuild(server: string, query: URLSearchParams, body: Readable): Promise<BuildRecord> {
+/**
+ * POSTs the context (streamed, chunked) with the build's options in the query and its
+ * secrets' values in a first line of the body; returns the record and its cancel token.
+ */
+export function submitBuild(server: string, query: URLSearchParams, body: Readable, secrets: readonly BuildSecret[] = []): Promise<SubmittedBuild> {
   const url = new URL(`/api/builds?${query}`, server);
+  const first = secrets.length ? secretsLine(secrets) : null;
   return new Promise((resolve, reject) => {
     let settled = false;
     const settle = (fn: () => void) => {
@@ -49,14 +54,14 @@ export function submitBuild(server: string, query: URLSearchParams, body: Readab
         fn();
       }
     };
-    const req = request(url, { method: 'POST', headers: { 'Content-Type': 'application/x-tar' } });
+    const req = request(url, { method: 'POST', headers: { 'Content-Type': first ? SECRETS_CONTENT_TYPE : 'application/x-tar' } });
     req.on('response', (res) => {
       body.unpipe(req);
       readAll(res).then(
         (text) =>
           settle(() =>
             res.statusCode === 201
-              ? resolve(JSON.parse(text) as BuildRecord)
+              ? resolve(JSON.parse(text) as SubmittedBuild)
               : reject(new Error(`the server refused the build (${res.statusCode}): ${errorText(res.statusCode ?? 0, text)}`)),
           ),
         (err: unknown) => settle(() => reject(reachError(server, err))),
@@ -68,14 +73,15 @@ export function submitBuild(server: string, query: URLSearchParams, body: Readab
       req.destroy();
       settle(() => reject(new Error(`reading the build context failed: ${err.message}`)));
     });
+    if (first) req.write(first);
     body.pipe(req);
   });
 }
 
-export async function apiJson<T>(server: string, path: string, method = 'GET'): Promise<T> {
+export async function apiJson<T>(server: string, path: string, method = 'GET', headers: Record<string, string> = {}): Promise<T> {
   let res: Response;
   try {
-    res = await fetch(new URL(path, server), { method });
+    res = await fetch(new URL(path, server), { method, headers });
   } catch (err) {
     throw reachError(server, (err as { cause?: unknown }).cause ?? err);
   }

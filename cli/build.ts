@@ -10,9 +10,9 @@
  * wrote to ./.slipway/redis.url, else redis://127.0.0.1:6379).
  */
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import type { BuildFunction, BuildSecret, BuildSpec } from '../builder/index.js';
+import type { BuildFunction, BuildOptions, BuildSecret, BuildSpec } from '../builder/index.js';
 import { apiJson, followBuild, logPrinter, submitBuild } from './build-client.js';
 
 const builder = () => import('../builder/index.js');
@@ -47,12 +47,26 @@ function keyValues(list: string[], what: string): Record<string, string> {
   return out;
 }
 
-/** `id=x,src=path` or `id=x,env=VAR` (docker's --secret); a relative src is made absolute here. */
+/**
+ * `id=x,src=path` or `id=x,env=VAR` (docker's --secret), read here, on the client's
+ * machine: the bytes travel with the build, and the server never reads a path or a
+ * variable of its own for them. `id=X` alone is the variable X, as with docker.
+ */
 export function parseSecret(s: string): BuildSecret {
   const f = Object.fromEntries(s.split(',').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
   if (!f.id) throw new Error(`--secret ${s}: id= is required (id=NAME,src=PATH or id=NAME,env=VAR)`);
   const src = f.src ?? f.source;
-  return { id: f.id, ...(src ? { src: resolve(src) } : {}), ...(f.env ? { env: f.env } : {}) };
+  if (src) {
+    try {
+      return { id: f.id, value: readFileSync(resolve(src)) };
+    } catch (err) {
+      throw new Error(`--secret ${f.id}: cannot read ${src}: ${(err as Error).message}`);
+    }
+  }
+  const name = f.env ?? f.id;
+  const value = process.env[name];
+  if (value === undefined) throw new Error(`--secret ${f.id}: the environment variable ${name} is not set (or give src=PATH)`);
+  return { id: f.id, value: Buffer.from(value) };
 }
 
 interface BuildFlags {
@@ -81,9 +95,10 @@ async function buildAction(context: string, flags: BuildFlags): Promise<void> {
     target: flags.target,
     noCache: !flags.cache,
     network: flags.network,
-    secrets: flags.secret.map(parseSecret),
+    secrets: [],
   };
-  const record = await submitBuild(server, buildQuery(spec), packed.stream);
+  const secrets = flags.secret.map(parseSecret);
+  const record = await submitBuild(server, buildQuery(spec), packed.stream, secrets);
   process.stderr.write(`build ${record.id} queued (context: ${packed.stats.files} files, ${packed.stats.bytes} bytes)\n`);
   if (flags.detach) {
     console.log(record.id);
@@ -94,7 +109,7 @@ async function buildAction(context: string, flags: BuildFlags): Promise<void> {
     if (cancelling) process.exit(130);
     cancelling = true;
     process.stderr.write(`cancelling build ${record.id} (Ctrl-C again to leave it running)\n`);
-    void apiJson(server, `/api/builds/${record.id}/cancel`, 'POST').catch(() => undefined);
+    void apiJson(server, `/api/builds/${record.id}/cancel`, 'POST', { Authorization: `Bearer ${record.cancelToken}` }).catch(() => undefined);
   };
   process.on('SIGINT', onSigint);
   const printer = await logPrinter(process.stderr.isTTY === true && process.stdout.isTTY === true);
@@ -132,7 +147,7 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
     .option('--target <stage>', 'build up to this stage')
     .option('--no-cache', 'run every step, ignoring the build cache')
     .option('--network <mode>', 'RUN network: none or host', 'none')
-    .option('--secret <spec>', 'id=NAME,src=PATH or id=NAME,env=VAR, read on the worker (repeatable)', collect, [])
+    .option('--secret <spec>', 'id=NAME,src=PATH or id=NAME,env=VAR, read here and sent with the build (repeatable)', collect, [])
     .option('--server <url>', `Slipway server (SLIPWAY_SERVER; default ${DEFAULT_SERVER})`)
     .option('-d, --detach', 'print the build id and return without following the log')
     .action(async (context: string, flags: BuildFlags) => {
@@ -147,8 +162,13 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
     .description('run a builder worker on the BullMQ queue "builds"')
     .option('--redis <url>', 'Redis URL (SLIPWAY_REDIS_URL)')
     .option('--concurrency <n>', 'builds at once', '1')
-    .option('--root <dir>', "the worker's directory (SLIPWAY_BUILDER_ROOT; default ./.slipway/builder)")
-    .action(async (opts: { redis?: string; concurrency: string; root?: string }) => {
+    .option('--root <dir>', "the worker's directory, kept 0700 (SLIPWAY_BUILDER_ROOT; default ./.slipway/builder)")
+    .option('--memory <size>', 'memory limit of each RUN step, e.g. 4g; 0 for none (SLIPWAY_BUILD_MEMORY; default 2g)')
+    .option('--pids-limit <n>', 'processes of each RUN step; 0 for no limit (SLIPWAY_BUILD_PIDS_LIMIT; default 4096)')
+    .option('--cpus <n>', 'CPU quota of each RUN step, e.g. 1.5; 0 for none (SLIPWAY_BUILD_CPUS; default: all cores)')
+    .option('--allow-local-urls', "let ADD <url> reach loopback, link-local and this worker's own addresses (SLIPWAY_BUILD_ALLOW_LOCAL_URLS=1)")
+    .option('--allow-network-host', 'run builds that ask for network=host (refused otherwise)')
+    .action(async (opts: { redis?: string; concurrency: string; root?: string; allowNetworkHost?: boolean } & WorkerFlags) => {
       const b = await builder();
       const redisUrl = redisUrlOf(opts.redis);
       await b.checkRedis(redisUrl);
@@ -156,7 +176,11 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
       if (!Number.isInteger(concurrency) || concurrency < 1) throw new Error(`--concurrency must be a positive integer, not ${opts.concurrency}`);
       const root = resolve(opts.root ?? process.env.SLIPWAY_BUILDER_ROOT ?? '.slipway/builder');
       const build = deps.build ?? b.build;
-      const running = await b.startBuildWorker({ redisUrl, prefix: prefixOf(), root, concurrency, build, onError: (err) => console.error('slipway builder:', err) });
+      const buildOptions = await workerBuildOptions(opts);
+      await prepareWorkerRoot(root);
+      const onError = (err: unknown) => console.error('slipway builder:', b.redactUrls(err instanceof Error ? (err.stack ?? err.message) : String(err)));
+      const allowHostNetwork = opts.allowNetworkHost === true;
+      const running = await b.startBuildWorker({ redisUrl, prefix: prefixOf(), root, concurrency, build, ...buildOptions, allowHostNetwork, onError });
       // First signal: finish the running builds; a second one leaves them to other workers.
       let signals = 0;
       const stop = (signal: NodeJS.Signals) => {
@@ -166,7 +190,7 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
       };
       process.on('SIGTERM', stop);
       process.on('SIGINT', stop);
-      console.log(`slipway builder: worker ${running.name} on queue builds at ${redisUrl} (concurrency ${concurrency}, root ${root})`);
+      console.log(`slipway builder: worker ${running.name} on queue builds at ${b.redactUrl(redisUrl)} (concurrency ${concurrency}, root ${root}${allowHostNetwork ? ', network=host allowed' : ''})`);
     });
 
   const trigger = program.command('trigger').description('map git pushes (repository + branch) to builds');
@@ -208,6 +232,35 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
         console.log(`removed ${n} trigger${n === 1 ? '' : 's'}`);
       }),
     );
+}
+
+export interface WorkerFlags {
+  memory?: string;
+  pidsLimit?: string;
+  cpus?: string;
+  allowLocalUrls?: boolean;
+}
+
+/** A worker's build options: its flags, else SLIPWAY_BUILD_* variables, else the executor's defaults. */
+export async function workerBuildOptions(flags: WorkerFlags, env: NodeJS.ProcessEnv = process.env): Promise<Pick<BuildOptions, 'limits' | 'allowLocalUrls'>> {
+  const { parseBytes, parseCount, parseCpus } = await import('../runner/index.js');
+  const pick = (flag: string | undefined, name: string, what: string) => (flag !== undefined ? { text: flag, what } : env[name] ? { text: env[name]!, what: name } : undefined);
+  const memory = pick(flags.memory, 'SLIPWAY_BUILD_MEMORY', '--memory');
+  const pids = pick(flags.pidsLimit, 'SLIPWAY_BUILD_PIDS_LIMIT', '--pids-limit');
+  const cpus = pick(flags.cpus, 'SLIPWAY_BUILD_CPUS', '--cpus');
+  const limits: NonNullable<BuildOptions['limits']> = {};
+  if (memory) limits.memory = parseBytes(memory.text, memory.what);
+  if (limits.memory && limits.memory < 6 * 1024 ** 2) throw new Error(`${memory!.what} ${memory!.text}: the minimum is 6m (or 0 for no limit)`);
+  if (pids) limits.pids = parseCount(pids.text, pids.what, { min: 0 });
+  if (cpus) limits.cpus = cpus.text.trim() === '0' ? 0 : parseCpus(cpus.text) / 1e9;
+  return { limits, allowLocalUrls: flags.allowLocalUrls === true || ['1', 'true'].includes(env.SLIPWAY_BUILD_ALLOW_LOCAL_URLS ?? '') };
+}
+
+/** The worker's directory and its contexts/ private (0700) before anything is written there. */
+export async function prepareWorkerRoot(root: string): Promise<void> {
+  const { privateDir, privateRoot } = await import('../runner/index.js');
+  await privateRoot(root, 'the builder root');
+  await privateDir(join(root, 'contexts'));
 }
 
 type Builder = Awaited<ReturnType<typeof builder>>;

@@ -37,7 +37,11 @@ export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry 
     redisUrl: cfg.redis,
     store,
     hookSecret: process.env.SLIPWAY_HOOK_SECRET,
-    publicUrl: process.env.SLIPWAY_PUBLIC_URL,
+    // Workers fetch contexts and secrets here: configured, else this registry's own address.
+    publicUrl: process.env.SLIPWAY_PUBLIC_URL || undefined,
+    registryUrl: ownUrl(running.url),
+    secretsKey: await builder.loadSecretsKey(builder.secretsKeyFile()),
+    allowHostNetwork: /^(1|true)$/.test(process.env.SLIPWAY_BUILD_ALLOW_HOST_NETWORK ?? ''),
   });
   // Contexts of builds that no worker ever fetched (lost jobs) are removed after a week.
   const contextJanitor = builder
@@ -51,6 +55,11 @@ export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry 
     await builds?.close();
   };
   return { ...running, close, storage: driver.name === 'filesystem' ? `data in ${description}` : `storage ${description}` };
+}
+
+/** The registry's URL as a local worker reaches it: a wildcard listen address means loopback. */
+function ownUrl(url: string): string {
+  return url.replace('http://0.0.0.0:', 'http://127.0.0.1:').replace('http://[::]:', 'http://[::1]:');
 }
 
 /** Stops `stoppable` on SIGTERM/SIGINT and exits. */

@@ -134,11 +134,11 @@ describe('builder queue', () => {
       const running = await env.submit({ Dockerfile: 'LOG started\nSLEEP 20000\n' });
       const queued = await env.submit({ Dockerfile: 'LOG should not run\n' });
       await env.waitFor(running.id, ['running']);
-      const c1 = await fetch(`${env.url}/api/builds/${queued.id}/cancel`, { method: 'POST' });
+      const c1 = await env.cancel(queued);
       assert.equal(c1.status, 202);
       assert.equal(((await c1.json()) as { status: string }).status, 'cancelled');
       const t0 = Date.now();
-      assert.equal((await fetch(`${env.url}/api/builds/${running.id}/cancel`, { method: 'POST' })).status, 202);
+      assert.equal((await env.cancel(running)).status, 202);
       const r = await env.waitFor(running.id, ['cancelled', 'failed', 'succeeded'], 5000);
       assert.equal(r.status, 'cancelled');
       assert.ok(Date.now() - t0 < 2000, 'the AbortSignal stopped the build promptly');
@@ -149,7 +149,7 @@ describe('builder queue', () => {
       assert.equal(q.attempts, 0);
       assert.doesNotMatch(await env.log(queued.id), /should not run/);
       assert.equal((await fetch(`${env.url}/api/builds/${queued.id}/context`)).status, 404, 'its stored context was removed');
-      assert.equal((await fetch(`${env.url}/api/builds/00000000-0000-4000-8000-000000000000/cancel`, { method: 'POST' })).status, 404);
+      assert.equal((await env.cancel({ ...queued, id: '00000000-0000-4000-8000-000000000000' })).status, 404);
     }));
 
   test('live logs reach two followers at once while the build runs', () =>
@@ -379,7 +379,7 @@ describe('with the real executor (builder/executor.ts)', () => {
       assert.equal(f.attempts, 1);
       await until(async () => (await env.log(slow.id)).includes('sleeping'), 'the slow RUN to start', 60_000);
       const t0 = Date.now();
-      await fetch(`${env.url}/api/builds/${slow.id}/cancel`, { method: 'POST' });
+      await env.cancel(slow);
       const c = await env.waitFor(slow.id, ['cancelled', 'failed', 'succeeded'], 20_000);
       assert.equal(c.status, 'cancelled');
       assert.ok(Date.now() - t0 < 10_000, `cancelled in ${Date.now() - t0} ms`);

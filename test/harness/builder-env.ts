@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -8,9 +9,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { mountBuilder, type BuilderRoutesOptions } from '../../builder/api.js';
 import { packContext } from '../../builder/build-context.js';
-import type { BuildQueue } from '../../builder/queue.js';
+import type { BuildQueue, SubmittedBuild } from '../../builder/queue.js';
 import type { BuildRecord, BuildSpec } from '../../builder/records.js';
 import { buildQuery } from '../../builder/spec.js';
+import type { BuildSecret } from '../../builder/types.js';
 import { startBuildWorker, type BuildWorkerOptions, type RunningWorker } from '../../builder/worker.js';
 import { submitBuild } from '../../cli/build-client.js';
 import { createRegistryApp } from '../../registry/index.js';
@@ -38,8 +40,10 @@ export interface BuilderEnv {
   worker(opts?: Partial<BuildWorkerOptions>): Promise<RunningWorker>;
   /** A worker in a process of its own (killable), started with the stand-in build. */
   workerProcess(name: string, opts?: { lock?: number; stalled?: number }): Promise<ChildProcess>;
-  /** Writes `files` into a fresh context dir and submits it like `slipway build` does. */
-  submit(files: Record<string, string>, spec?: Partial<BuildSpec>): Promise<BuildRecord>;
+  /** Writes `files` into a fresh context dir and submits it like `slipway build` does (with `secrets`' values). */
+  submit(files: Record<string, string>, spec?: Partial<BuildSpec>, secrets?: BuildSecret[]): Promise<SubmittedBuild>;
+  /** POST …/cancel with the build's cancel token. */
+  cancel(build: SubmittedBuild): Promise<Response>;
   record(id: string): Promise<BuildRecord>;
   waitFor(id: string, statuses: string[], timeoutMs?: number): Promise<BuildRecord>;
   log(id: string): Promise<string>;
@@ -52,11 +56,12 @@ export async function startBuilderEnv(redisUrl: string, opts: Partial<BuilderRou
   const prefix = opts.prefix ?? randomPrefix('b');
   const store = createStore(new FilesystemDriver(join(dir, 'registry')));
   const app = createRegistryApp({ store, log: () => undefined });
-  const mounted = mountBuilder(app.express, { redisUrl, prefix, store, attempts: 3, backoffMs: 200, ...opts });
   const server: Server = createServer(app);
   await new Promise<void>((ok) => server.listen(0, '127.0.0.1', () => ok()));
   const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
   const url = `http://${host}`;
+  // Mounted once listening, like `slipway registry`: workers are sent to the registry's own URL.
+  const mounted = mountBuilder(app.express, { redisUrl, prefix, store, attempts: 3, backoffMs: 200, registryUrl: url, secretsKey: randomBytes(32), ...opts });
   const workers: RunningWorker[] = [];
   const children: ChildProcess[] = [];
   let contexts = 0;
@@ -84,7 +89,7 @@ export async function startBuilderEnv(redisUrl: string, opts: Partial<BuilderRou
       });
       return child;
     },
-    async submit(files, spec = {}) {
+    async submit(files, spec = {}, secrets = []) {
       const ctx = join(dir, `context-${contexts++}`);
       for (const [name, content] of Object.entries(files)) {
         await mkdir(dirname(join(ctx, name)), { recursive: true });
@@ -92,7 +97,10 @@ export async function startBuilderEnv(redisUrl: string, opts: Partial<BuilderRou
       }
       const packed = await packContext(ctx, spec.dockerfile ?? 'Dockerfile');
       const full: BuildSpec = { tags: [`${host}/app:latest`], buildArgs: {}, noCache: false, network: 'none', secrets: [], labels: {}, ...spec, dockerfile: packed.dockerfile };
-      return submitBuild(url, buildQuery(full), packed.stream);
+      return submitBuild(url, buildQuery(full), packed.stream, secrets);
+    },
+    cancel(build) {
+      return fetch(`${url}/api/builds/${build.id}/cancel`, { method: 'POST', headers: { Authorization: `Bearer ${build.cancelToken}` } });
     },
     async record(id) {
       const res = await fetch(`${url}/api/builds/${id}`);
@@ -102,9 +110,13 @@ export async function startBuilderEnv(redisUrl: string, opts: Partial<BuilderRou
     async waitFor(id, statuses, timeoutMs = 15_000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const r = await env.record(id);
-        if (statuses.includes(r.status)) return r;
-        if (Date.now() > deadline) throw new Error(`build ${id} is ${r.status}, not ${statuses.join('|')}, after ${timeoutMs} ms:\n${await env.log(id)}`);
+        // 503 while Redis is away (a test restarting it): asked again until the deadline.
+        const r = await env.record(id).catch((err: Error) => {
+          if (!/: 503 /.test(err.message) || Date.now() > deadline) throw err;
+          return null;
+        });
+        if (r && statuses.includes(r.status)) return r;
+        if (Date.now() > deadline) throw new Error(`build ${id} is ${r?.status}, not ${statuses.join('|')}, after ${timeoutMs} ms:\n${await env.log(id)}`);
         await sleep(50);
       }
     },
