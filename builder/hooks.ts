@@ -129,7 +129,14 @@ export function gitHookHandlers(opts: HookOptions): RequestHandler[] {
   const { queue } = opts;
   const redis: Redis = queue.redis;
   let loading: Promise<Buffer> | undefined;
-  const key = (): Promise<Buffer> => (opts.secretsKey ? Promise.resolve(opts.secretsKey) : (loading ??= loadSecretsKey(secretsKeyFile())));
+  const key = (): Promise<Buffer> => {
+    if (opts.secretsKey) return Promise.resolve(opts.secretsKey);
+    // Read once; a failure (an unreadable key file) is tried again on the next request.
+    return (loading ??= loadSecretsKey(secretsKeyFile()).catch((err: unknown) => {
+      loading = undefined;
+      throw err;
+    }));
+  };
   const handle: RequestHandler = async (req, res) => {
     const body = req.body as Buffer;
     const d = delivery(req, body);
