@@ -146,7 +146,7 @@ export function registerBuildCommands(program: Command, deps: BuildCommandDeps =
     .option('--label <k=v>', 'image label (repeatable)', collect, [])
     .option('--target <stage>', 'build up to this stage')
     .option('--no-cache', 'run every step, ignoring the build cache')
-    .option('--network <mode>', 'RUN network: none or host', 'none')
+    .option('--network <mode>', 'RUN network: none, or host where the server and its workers allow it', 'none')
     .option('--secret <spec>', 'id=NAME,src=PATH or id=NAME,env=VAR, read here and sent with the build (repeatable)', collect, [])
     .option('--server <url>', `Slipway server (SLIPWAY_SERVER; default ${DEFAULT_SERVER})`)
     .option('-d, --detach', 'print the build id and return without following the log')
