@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import type { BodyLimits } from '../registry/index.js';
 
 /** Settings of `slipway registry`; from flags, then SLIPWAY_* variables, then the YAML file, then defaults. */
 export interface RegistryConfig {
@@ -27,6 +28,17 @@ export interface RegistryConfig {
    * backoff, ignoredMediaTypes, actions}]`), checked by registry's parseNotificationSettings. Needs `redis`.
    */
   notifications: Record<string, unknown> | null;
+  /**
+   * Request bodies (blob chunks, manifests): cut after this many seconds without a byte
+   * arriving (0: never), or when they average under `bodyMinRate` bytes/s over each
+   * `bodyRateWindow` seconds once `bodyRateGrace` seconds have passed (0: no minimum).
+   * Time the registry holds a body back (storage being slow) never counts. Passed to
+   * startRegistry by bodyLimits(cfg).
+   */
+  bodyIdleTimeout: number;
+  bodyMinRate: number;
+  bodyRateGrace: number;
+  bodyRateWindow: number;
 }
 
 export const REGISTRY_DEFAULTS: RegistryConfig = {
@@ -38,6 +50,10 @@ export const REGISTRY_DEFAULTS: RegistryConfig = {
   gc: null,
   redis: '',
   notifications: null,
+  bodyIdleTimeout: 30,
+  bodyMinRate: 1024,
+  bodyRateGrace: 10,
+  bodyRateWindow: 20,
 };
 
 type Partial_ = { [K in keyof RegistryConfig]?: RegistryConfig[K] };
@@ -49,6 +65,10 @@ const ENV: Partial<Record<keyof RegistryConfig, string>> = {
   deleteEnabled: 'SLIPWAY_DELETE_ENABLED',
   uploadMaxAge: 'SLIPWAY_UPLOAD_MAX_AGE',
   redis: 'SLIPWAY_REDIS_URL',
+  bodyIdleTimeout: 'SLIPWAY_BODY_IDLE_TIMEOUT',
+  bodyMinRate: 'SLIPWAY_BODY_MIN_RATE',
+  bodyRateGrace: 'SLIPWAY_BODY_RATE_GRACE',
+  bodyRateWindow: 'SLIPWAY_BODY_RATE_WINDOW',
 };
 
 function coerce<K extends keyof RegistryConfig>(key: K, value: unknown, where: string): RegistryConfig[K] {
@@ -95,6 +115,16 @@ export function loadRegistryConfig(flags: Partial_ & { config?: string }, env = 
   const defined = Object.fromEntries(Object.entries(flags).filter(([k, v]) => v !== undefined && k !== 'config'));
   const cfg = { ...REGISTRY_DEFAULTS, ...(file ? fromFile(file) : {}), ...fromEnv(env), ...defined } as RegistryConfig;
   return { ...cfg, data: resolve(cfg.data) };
+}
+
+/** The config's body limits as startRegistry takes them (registry/body-guard.ts). */
+export function bodyLimits(cfg: RegistryConfig): Omit<BodyLimits, 'drainBytes'> {
+  return {
+    idleTimeoutMs: cfg.bodyIdleTimeout * 1000,
+    minRate: cfg.bodyMinRate,
+    rateGraceMs: cfg.bodyRateGrace * 1000,
+    rateWindowMs: cfg.bodyRateWindow * 1000,
+  };
 }
 
 /** `HOST:PORT`, `[v6]:PORT` or `:PORT` into parts. */

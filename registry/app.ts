@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { hostname } from 'node:os';
 import { StorageUnavailableError, type Store } from '../storage/index.js';
 import { deleteBlob, getBlob } from './blobs.js';
+import { BODY_LIMIT_DEFAULTS, declaresBody, drainBody, watchBody, type BodyLimits } from './body-guard.js';
 import type { Handler, RegistryOptions, RequestEvents, RouteContext } from './context.js';
 import { RegistryError, writeError } from './errors.js';
 import { sendJson } from './http.js';
@@ -50,6 +51,8 @@ export interface RegistryAppOptions extends Partial<RegistryOptions> {
   metrics?: RegistryMetrics;
   /** Where events go (webhooks); absent: events only feed the metrics. */
   notifier?: Notifier;
+  /** How long /v2/ request bodies may stall or trickle; unset fields keep BODY_LIMIT_DEFAULTS. */
+  bodyLimits?: Partial<BodyLimits>;
 }
 
 export type RequestListener = (req: IncomingMessage, res: ServerResponse) => void;
@@ -71,9 +74,23 @@ function route(path: string, method: string, query: URLSearchParams, base: Base)
     if (!handler) {
       throw new RegistryError('UNSUPPORTED', undefined, `${method} is not supported here`, { Allow: Object.keys(r.methods).join(', ') });
     }
-    return [handler, { ...base, name: validateName(m[1]!), param: decodeURIComponent(m[2] ?? ''), query }, r.name];
+    return [handler, { ...base, name: validateName(m[1]!), param: decodeParam(m[2] ?? ''), query }, r.name];
   }
   throw new RegistryError('NOT_FOUND', undefined, `no such endpoint: ${method} /v2/${path}`);
+}
+
+/**
+ * A path parameter with its percent-escapes decoded. One that does not decode
+ * (`%ZZ`, a cut UTF-8 sequence, a bare `%`) is passed on as it is: no tag,
+ * digest or upload id may hold a '%', so its handler refuses it with its own
+ * code (TAG_INVALID, DIGEST_INVALID, BLOB_UPLOAD_UNKNOWN), as any other invalid value.
+ */
+function decodeParam(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
 }
 
 /**
@@ -91,9 +108,23 @@ export function createRegistryApp(opts: RegistryAppOptions): RequestListener & {
   app.set('etag', false);
 
   const { metrics, notifier } = opts;
+  const limits: BodyLimits = { ...BODY_LIMIT_DEFAULTS, ...opts.bodyLimits };
   const fail = (err: unknown, req: IncomingMessage, res: ServerResponse) => {
     writeError(err, req, res, log);
     if (res.statusCode >= 500) metrics?.storageError(err instanceof StorageUnavailableError ? 'unavailable' : 'internal');
+    // Answered before the body was read (or all of it): drop the rest, up to a bound, so the client reads the answer.
+    drainBody(req, limits.drainBytes);
+  };
+  const cutBody = (req: IncomingMessage, res: ServerResponse, reason: 'idle' | 'slow') => {
+    if (!res.headersSent) {
+      const message =
+        reason === 'idle' ? `no body byte came for ${limits.idleTimeoutMs} ms` : `the body came slower than ${limits.minRate} bytes/s`;
+      writeError(new RegistryError('REQUEST_TIMEOUT', { reason }, message, { Connection: 'close' }), req, res, log);
+    }
+    // Ending the request ends the handler's storage work on it, which frees its upload session.
+    const end = () => req.destroy();
+    res.once('finish', end);
+    setTimeout(end, 1000).unref();
   };
 
   const listener = (req: IncomingMessage, res: ServerResponse): void => {
@@ -107,6 +138,7 @@ export function createRegistryApp(opts: RegistryAppOptions): RequestListener & {
     const q = url.indexOf('?');
     const path = (q < 0 ? url : url.slice(0, q)).slice(4);
     const started = performance.now();
+    if (declaresBody(req)) watchBody(req, limits, (reason) => cutBody(req, res, reason));
     let routeName = 'unknown';
     if (metrics) res.once('finish', () => metrics.observeRequest(routeName, req.method ?? 'GET', res.statusCode, (performance.now() - started) / 1000));
     try {

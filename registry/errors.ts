@@ -27,6 +27,8 @@ export const ERROR_CODES = {
   DENIED: { status: 403, message: 'requested access to the resource is denied' },
   UNSUPPORTED: { status: 405, message: 'the operation is unsupported' },
   TOOMANYREQUESTS: { status: 429, message: 'too many requests' },
+  /** Not OCI: a request body that stalled or came too slowly (body-guard.ts). */
+  REQUEST_TIMEOUT: { status: 408, message: 'the request body stopped or came too slowly' },
   UNAVAILABLE: { status: 503, message: 'storage is unavailable; try again later' },
   NOT_FOUND: { status: 404, message: 'no such endpoint' },
   UNKNOWN: { status: 500, message: 'unknown error' },

@@ -13,7 +13,12 @@ import type { Handler, Request, RouteContext } from './context.js';
 import { contentLength, noContent } from './http.js';
 import { parseReference } from './names.js';
 
-/** Reads a manifest body, refusing more than MAX_MANIFEST_BYTES without buffering past it. */
+/**
+ * Reads a manifest body, refusing more than MAX_MANIFEST_BYTES without
+ * buffering past it. The request is not destroyed on refusal: the error is
+ * answered, then the rest of the body is drained (app.ts), so the client reads
+ * the 413 instead of a reset.
+ */
 async function readManifestBody(req: Request): Promise<Buffer> {
   const declared = contentLength(req);
   if (declared !== undefined && declared > MAX_MANIFEST_BYTES) {
@@ -21,10 +26,9 @@ async function readManifestBody(req: Request): Promise<Buffer> {
   }
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
+  for await (const chunk of req.iterator({ destroyOnReturn: false })) {
     size += (chunk as Buffer).length;
     if (size > MAX_MANIFEST_BYTES) {
-      req.destroy();
       throw new RegistryError('MANIFEST_TOO_LARGE', { limit: MAX_MANIFEST_BYTES }, `manifest exceeds the ${MAX_MANIFEST_BYTES}-byte limit`);
     }
     chunks.push(chunk as Buffer);

@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { purgeUploads, type Store } from '../storage/index.js';
 import { createRegistryApp } from './app.js';
+import type { BodyLimits } from './body-guard.js';
 import { createMetrics, type RegistryMetrics } from './metrics.js';
 import { startNotifier, type NotificationSettings } from './notifications.js';
 
@@ -15,6 +16,8 @@ export interface RegistryServerOptions {
   /** Upload sessions older than this (ms) are removed at start and hourly. Default 7 days. */
   uploadMaxAge?: number;
   log?: (err: unknown) => void;
+  /** How long request bodies may stall or trickle (registry/body-guard.ts); unset fields keep the defaults. */
+  bodyLimits?: Partial<BodyLimits>;
   /** Webhooks; their queue lives in the Redis at `redisUrl`, which is then required. */
   notifications?: NotificationSettings | null;
   redisUrl?: string;

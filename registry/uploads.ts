@@ -59,7 +59,12 @@ export const uploadStatus: Handler = async ({ store, name, param }, _req, res) =
   noContent(res, 204, sessionHeaders(name, status));
 };
 
-/** PATCH: one chunk, ranged (Content-Range must continue the session) or streamed. */
+/**
+ * PATCH: one chunk, ranged (Content-Range must continue the session) or streamed.
+ * A ranged chunk must be exactly the bytes its range spans, whatever the framing:
+ * one that is not (chunked, so only seen while reading) is refused whole with 416
+ * and the session stays where it was.
+ */
 export const patchUpload: Handler = async (ctx, req, res) => {
   const range = parseContentRange(req.headers['content-range'] as string | undefined);
   const length = contentLength(req);
@@ -67,7 +72,7 @@ export const patchUpload: Handler = async (ctx, req, res) => {
     throw new RegistryError('RANGE_INVALID', undefined, `Content-Range covers ${range.end - range.start + 1} bytes, Content-Length says ${length}`);
   }
   const status = await ctx.store.uploads
-    .append(ctx.name, ctx.param, req, { start: range?.start, length, signal: requestSignal(req) })
+    .append(ctx.name, ctx.param, req, { start: range?.start, end: range?.end, length, signal: requestSignal(req) })
     .catch((err: unknown) => rangeError(ctx, err));
   noContent(res, 202, sessionHeaders(ctx.name, status));
 };
@@ -78,7 +83,7 @@ export const completeUpload: Handler = async (ctx, req, res) => {
   const range = parseContentRange(req.headers['content-range'] as string | undefined);
   const body = hasBody(req) ? req : undefined;
   const blob = await ctx.store.uploads
-    .complete(ctx.name, ctx.param, digest, body, { start: range?.start, length: contentLength(req), signal: requestSignal(req) })
+    .complete(ctx.name, ctx.param, digest, body, { start: range?.start, end: range?.end, length: contentLength(req), signal: requestSignal(req) })
     .catch((err: unknown) => rangeError(ctx, err));
   noContent(res, 201, { Location: `/v2/${ctx.name}/blobs/${blob.digest}`, 'Docker-Content-Digest': blob.digest });
   ctx.events.emit('push', { mediaType: BLOB_TYPE, digest: blob.digest, size: blob.size, transferred: blob.size });

@@ -1,8 +1,7 @@
-import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { StorageDriver } from './driver.js';
-import { FilesystemDriver } from './fs-driver.js';
+import { FilesystemDriver, preparePrivateRoot } from './fs-driver.js';
 import type { S3Options } from './s3-client.js';
 import { S3Driver } from './s3-driver.js';
 
@@ -119,7 +118,7 @@ export function parseStorageSpec(spec: string | Record<string, unknown>, env: No
 
 /**
  * The driver for a storage spec, checked before use: the filesystem's
- * directory is created; S3 must answer within `verifyTimeoutMs`, have the
+ * directory is created (or tightened) private to this user; S3 must answer within `verifyTimeoutMs`, have the
  * bucket and accept the credentials, or this fails naming the endpoint.
  */
 export async function createDriver(
@@ -129,7 +128,7 @@ export async function createDriver(
   const env = opts.env ?? process.env;
   const parsed = typeof spec === 'object' && 'kind' in spec ? (spec as StorageSpec) : parseStorageSpec(spec as string | Record<string, unknown>, env);
   if (parsed.kind === 'filesystem') {
-    await mkdir(parsed.dir, { recursive: true });
+    await preparePrivateRoot(parsed.dir);
     return { driver: new FilesystemDriver(parsed.dir), redirect: false, description: parsed.dir };
   }
   const driver = new S3Driver(parsed.options, env);

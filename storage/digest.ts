@@ -48,18 +48,34 @@ export function digestOf(bytes: Buffer | string, algorithm: DigestAlgorithm = 's
   return `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
 }
 
+/** A length a stream must have exactly, and the error for a stream that has another. */
+export interface ExpectedLength {
+  bytes: number;
+  /** `actual` is the length seen so far: past `bytes` on an overrun, below it at a short end. */
+  mismatch(actual: number): Error;
+}
+
 /**
  * A pass-through stream that hashes and counts what flows through it, so a body
- * is verified while it is written, never re-read.
+ * is verified while it is written, never re-read. With `expected`, a chunk that
+ * would pass that length fails the stream before any of it goes through, and so
+ * does an end short of it.
  */
 export class HashingStream extends Transform {
   bytes = 0;
-  constructor(readonly hash: Hash = createHash('sha256')) {
+  constructor(
+    readonly hash: Hash = createHash('sha256'),
+    private readonly expected?: ExpectedLength,
+  ) {
     super({ highWaterMark: 256 * 1024 });
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    if (this.expected && this.bytes + chunk.length > this.expected.bytes) return done(this.expected.mismatch(this.bytes + chunk.length));
     this.hash.update(chunk);
     this.bytes += chunk.length;
     done(null, chunk);
+  }
+  override _flush(done: TransformCallback): void {
+    done(this.expected && this.bytes !== this.expected.bytes ? this.expected.mismatch(this.bytes) : null);
   }
 }

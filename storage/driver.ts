@@ -17,7 +17,8 @@ export interface ReadOptions {
 
 /**
  * A stream that writes one file. Nothing written is guaranteed visible at `path`
- * before `commit()` resolves; `cancel()` removes whatever was written.
+ * before `commit()` resolves; `cancel()` removes whatever was written (of an
+ * append, only this writer's bytes: the file stays as it was).
  */
 export interface FileWriter extends Writable {
   /** Bytes in the file so far, including what was there before an append. */

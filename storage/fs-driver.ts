@@ -8,6 +8,38 @@ import { PathNotFoundError, type FileInfo, type FileWriter, type ReadOptions, ty
 const isNotFound = (err: unknown): boolean =>
   (err as NodeJS.ErrnoException)?.code === 'ENOENT' || (err as NodeJS.ErrnoException)?.code === 'ENOTDIR';
 
+/*
+ * Everything stored is private to the registry's user, whatever the umask:
+ * blobs, upload sessions, links and build contexts may hold anything a client
+ * pushed. Modes are given at creation (the umask can only remove bits).
+ */
+export const PRIVATE_DIR = 0o700;
+export const PRIVATE_FILE = 0o600;
+const mkdirPrivate = (dir: string) => fs.mkdir(dir, { recursive: true, mode: PRIVATE_DIR });
+
+/** The store's own trees at the top of its directory (storage/paths.ts; build contexts under slipway/). */
+const OWN_TREES = ['v2', 'slipway'];
+
+/**
+ * Creates the storage directory private (and any parent it needs), or
+ * tightens an existing one to 0700 when it holds nothing but the store's own
+ * trees. A directory that also holds other things (a home, a shared mount) is
+ * left as it is, and only the store's trees in it are tightened. Files made
+ * under looser modes before stay as they are, unreachable below a 0700 tree.
+ */
+export async function preparePrivateRoot(root: string): Promise<void> {
+  await mkdirPrivate(root);
+  const entries = await fs.readdir(root);
+  const own = entries.filter((e) => OWN_TREES.includes(e)).map((e) => join(root, e));
+  for (const dir of entries.length === own.length ? [root, ...own] : own) {
+    const st = await fs.stat(dir);
+    if (!st.isDirectory() || (st.mode & 0o077) === 0) continue;
+    await fs.chmod(dir, PRIVATE_DIR).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPERM') throw err;
+    });
+  }
+}
+
 /** Storage on a local directory. Atomic replacement is write-to-temp + rename. */
 export class FilesystemDriver implements StorageDriver {
   readonly name = 'filesystem';
@@ -79,13 +111,13 @@ export class FilesystemDriver implements StorageDriver {
 
   async writer(path: string, opts: { append?: boolean } = {}): Promise<FileWriter> {
     const full = this.full(path);
-    await fs.mkdir(dirname(full), { recursive: true });
-    let initial = 0;
-    if (opts.append) {
-      initial = (await fs.stat(full).catch(() => null))?.size ?? 0;
-    }
-    const stream = createWriteStream(full, { flags: opts.append ? 'a' : 'w', highWaterMark: 256 * 1024 });
-    return fileWriter(stream, initial, async () => fs.rm(full, { force: true }));
+    await mkdirPrivate(dirname(full));
+    const before = opts.append ? await fs.stat(full).catch(() => null) : null;
+    const initial = before?.size ?? 0;
+    const stream = createWriteStream(full, { flags: opts.append ? 'a' : 'w', mode: PRIVATE_FILE, highWaterMark: 256 * 1024 });
+    // Cancelling an append takes back only its own bytes.
+    const remove = before ? () => fs.truncate(full, initial) : () => fs.rm(full, { force: true });
+    return fileWriter(stream, initial, remove);
   }
 
   async getContent(path: string): Promise<Buffer> {
@@ -100,9 +132,9 @@ export class FilesystemDriver implements StorageDriver {
   async putContent(path: string, content: Buffer | string): Promise<void> {
     const full = this.full(path);
     const tmp = `${full}.tmp-${randomBytes(6).toString('hex')}`;
-    await fs.mkdir(dirname(full), { recursive: true });
+    await mkdirPrivate(dirname(full));
     try {
-      await fs.writeFile(tmp, content);
+      await fs.writeFile(tmp, content, { mode: PRIVATE_FILE });
       await fs.rename(tmp, full);
     } catch (err) {
       await fs.rm(tmp, { force: true });
@@ -121,7 +153,7 @@ export class FilesystemDriver implements StorageDriver {
 
   async move(src: string, dest: string): Promise<void> {
     const to = this.full(dest);
-    await fs.mkdir(dirname(to), { recursive: true });
+    await mkdirPrivate(dirname(to));
     try {
       await fs.rename(this.full(src), to);
     } catch (err) {

@@ -29,6 +29,7 @@ export {
   type ParsedManifest,
 } from './manifest.js';
 export { createStore, purgeUploads, type Store } from './store.js';
+export { writeFromBody } from './receive.js';
 export { checkIntegrity, type IntegrityReport } from './check.js';
 export { collectGarbage, type GcOptions, type GcReport } from './gc.js';
 export { GC_DEFAULTS, parseDuration, parseGcSettings, type GcSettings, type RetentionRule } from './gc-config.js';

@@ -128,7 +128,8 @@ export class S3Driver implements StorageDriver {
     const afterCommit = async (written: number) => {
       if (written > 0) await putBuffers(this.t, key, [], { headers: markerHeaders({ gen: state.gen, size: state.size + written }), what: `appending to ${path}` });
     };
-    return new S3ObjectWriter(this.t, chunkKey(key, state.gen, state.size), { initial: state.size, skipEmpty: true, afterCommit, remove });
+    // A cancelled append never reached the marker: its chunk, if any, is invisible and overwritten by the next append.
+    return new S3ObjectWriter(this.t, chunkKey(key, state.gen, state.size), { initial: state.size, skipEmpty: true, afterCommit, remove: async () => undefined });
   }
 
   /** A blob's bytes into a response: the pooled-buffer socket path for large ranges (s3-copy.ts), else the reader. */

@@ -1,12 +1,13 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { PathNotFoundError, type StorageDriver } from './driver.js';
-import { HashingStream, type Digest } from './digest.js';
-import { StoreError } from './errors.js';
+import { PathNotFoundError, type FileWriter, type StorageDriver } from './driver.js';
+import { HashingStream, type Digest, type ExpectedLength } from './digest.js';
+import { StoreError, isStoreError } from './errors.js';
 import { claimBlob } from './gc-guard.js';
 import type { BlobInfo, BlobStore } from './blobs.js';
 import * as paths from './paths.js';
+import { writeFromBody } from './receive.js';
 
 /**
  * What is kept in `_uploads/<uuid>/state`. The session's offset is the size of
@@ -31,6 +32,8 @@ export interface UploadStatus extends UploadState {
 export interface ChunkOptions {
   /** First byte of the chunk as the client declared it (Content-Range). */
   start?: number;
+  /** Last byte of the chunk as the client declared it (Content-Range); needs `start`. */
+  end?: number;
   /** Declared length (Content-Length); a body of another size is refused. */
   length?: number;
   signal?: AbortSignal;
@@ -152,18 +155,9 @@ export class UploadStore {
     const hash = known && known.offset === status.offset ? known.hash : status.offset === 0 ? createHash('sha256') : undefined;
     this.live.delete(k);
     const writer = await this.driver.writer(paths.uploadData(repo, uuid), { append: true });
-    const counter = new HashingStream(hash ?? nullHash());
-    try {
-      await pipeline(body, counter, writer, { signal: opts.signal });
-      await writer.commit();
-    } catch (err) {
-      writer.destroy();
-      throw err;
-    }
+    const counter = new HashingStream(hash ?? nullHash(), expectedLength(opts));
+    await receive(body, counter, writer, opts.signal);
     const offset = status.offset + counter.bytes;
-    if (opts.length !== undefined && counter.bytes !== opts.length) {
-      throw new StoreError('size-mismatch', `chunk has ${counter.bytes} bytes, Content-Length said ${opts.length}`);
-    }
     if (hash) {
       this.live.set(k, { hash, offset });
       const state: UploadState = { ...stripOffset(status), prefixOffset: offset, prefixDigest: hash.copy().digest('hex') };
@@ -202,6 +196,36 @@ export class UploadStore {
       this.busy.delete(k);
     }
   }
+}
+
+/**
+ * Streams a chunk into the session's data. The session keeps what reached
+ * storage when the body is cut off (client gone, too slow), so a client can
+ * resume from the offset it is told; the writer is closed before this
+ * returns, so that offset is final once the session is unlocked. A body that
+ * is not the length the client declared is refused whole: nothing of it is
+ * kept, and the body is left unread for the caller to answer on.
+ */
+async function receive(body: Readable, counter: HashingStream, writer: FileWriter, signal?: AbortSignal): Promise<void> {
+  try {
+    await writeFromBody(body, counter, writer, signal);
+  } catch (err) {
+    if (isStoreError(err, 'size-mismatch') || isStoreError(err, 'range-mismatch')) await writer.cancel();
+    throw err;
+  }
+}
+
+/** The length a chunk must have: its Content-Length, else what its Content-Range spans. */
+function expectedLength({ start, end, length }: ChunkOptions): ExpectedLength | undefined {
+  if (length !== undefined) {
+    return { bytes: length, mismatch: (n) => new StoreError('size-mismatch', `chunk has ${n} bytes, Content-Length said ${length}`) };
+  }
+  if (start === undefined || end === undefined) return undefined;
+  const bytes = end - start + 1;
+  return {
+    bytes,
+    mismatch: (n) => new StoreError('range-mismatch', `chunk has ${n > bytes ? 'more than ' : ''}${n} bytes, Content-Range ${start}-${end} says ${bytes}`),
+  };
 }
 
 const key = (repo: string, uuid: string): string => `${repo}\0${uuid}`;
