@@ -72,7 +72,7 @@ export function mountBuilder(app: Express, opts: BuilderRoutesOptions): { queue:
     { attempts: opts.attempts, backoffMs: opts.backoffMs, secretsKey: opts.secretsKey ?? randomBytes(32), apiUrl: opts.publicUrl ?? opts.registryUrl },
   );
   app.use('/api/builds', buildsRouter(queue, opts));
-  app.post('/hooks/git', redisUp(queue, opts.redisUrl), ...gitHookHandlers({ queue, secret: opts.hookSecret }), errorHandler(queue, opts.redisUrl));
+  app.post('/hooks/git', redisUp(queue, opts.redisUrl), ...gitHookHandlers({ queue, secret: opts.hookSecret, secretsKey: opts.secretsKey }), errorHandler(queue, opts.redisUrl));
   return { queue, close: () => queue.close() };
 }
 
