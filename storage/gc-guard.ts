@@ -182,7 +182,10 @@ export async function beginPush(driver: StorageDriver, record: PushRecord): Prom
     assertFresh() {
       if (Date.now() - started > RECORD_STALE_MS / 2) throw new Error(`push took over ${RECORD_STALE_MS / 2000} s; garbage collection may no longer protect it: push again`);
     },
-    end: () => removeMarker(driver, path),
+    async end() {
+      await pausePoint(driver, 'push:ending');
+      await removeMarker(driver, path);
+    },
   };
 }
 

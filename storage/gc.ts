@@ -45,7 +45,7 @@ export interface GcOptions {
   clockSlack?: number;
   /** Test-only pauses, to make races with pushes deterministic. */
   hooks?: {
-    /** At each step: gc:announced, gc:records, gc:scanned, gc:pruning, gc:pruned, gc:marked, gc:walked, and per blob gc:sweep, gc:intent, gc:decided, gc:deleted (detail: the digest). */
+    /** At each step: gc:begin, gc:announced, gc:records, gc:scanned, gc:pruning, gc:pruned, gc:marked, gc:walked, and per blob gc:sweep, gc:intent, gc:decided, gc:deleted (detail: the digest). */
     at?(point: string, detail?: string): Promise<void>;
     afterMark?(): Promise<void>;
     /** After GC decided to delete the blob (its sweeping marker is written), before it does. */
@@ -119,6 +119,7 @@ export async function collectGarbage(store: Store, opts: GcOptions = {}): Promis
     return p;
   };
   const at: Pause = (point, detail) => opts.hooks?.at?.(point, detail) ?? Promise.resolve();
+  await at('gc:begin');
   const run = await beginRun(driver, dryRun);
   const ctx: RunContext = { store, run, opts, grace: opts.gracePeriod ?? GC_DEFAULTS.gracePeriod, slack: opts.clockSlack ?? 1000, dryRun, at, readManifest, report };
   try {
@@ -170,6 +171,7 @@ async function prune(ctx: RunContext, repos: Map<string, RepoState>, records: Pu
       now: run.markStart,
       readManifest: ctx.readManifest,
       extraRoots: mine.flatMap((r) => [...recordManifests(r), ...recordBlobs(r)]),
+      slack: ctx.slack,
     });
     plan.tags = plan.tags.filter((t) => !mine.some((r) => r.tag === t.tag));
     if (plan.tags.length > 0 || plan.revisions.length > 0) plans.push({ s, plan });

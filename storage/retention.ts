@@ -1,7 +1,7 @@
 import type { FileInfo, StorageDriver } from './driver.js';
 import { parseDigest } from './digest.js';
 import { globToRegExp, type RetentionRule } from './gc-config.js';
-import { sameTime, type RepoState } from './gc-scan.js';
+import type { RepoState } from './gc-scan.js';
 import type { ParsedManifest } from './manifest.js';
 import * as paths from './paths.js';
 
@@ -17,10 +17,10 @@ import * as paths from './paths.js';
  *   (no rule says) older than the grace period when deleteUntagged is set.
  *   Never younger than the grace period: a client may push children and
  *   referrers by digest before the index or tag that reaches them.
- * A tag or revision link written less than a second (the clock slack) before
- * the run began is never deleted: a rewrite by a push during the run then has
- * a modTime another second than the one the run planned on, even where (S3's
- * HEAD) modTimes have whole seconds.
+ * A tag or revision link written less than the clock slack (a second) before
+ * the run began is not deleted either. Before deleting, applyPlan compares the
+ * link's modTime with the scan's to the millisecond: a push that wrote it again
+ * meanwhile keeps it.
  * Without a rule or deleteUntagged every revision is a root and stays.
  */
 export interface PrunePlan {
@@ -39,6 +39,8 @@ export interface PlanOptions {
   readManifest(digest: string): Promise<ParsedManifest | null>;
   /** Digests recent pushes to the repository named: roots like tagged ones. */
   extraRoots?: string[];
+  /** ms of clock slack towards keeping; default 1000. */
+  slack?: number;
 }
 
 export function ruleFor(rules: RetentionRule[], repo: string): RetentionRule | undefined {
@@ -47,13 +49,13 @@ export function ruleFor(rules: RetentionRule[], repo: string): RetentionRule | u
 
 const SLACK_MS = 1000;
 
-function tagsToDelete(s: RepoState, rule: RetentionRule | undefined, now: number): PrunePlan['tags'] {
+function tagsToDelete(s: RepoState, rule: RetentionRule | undefined, now: number, slack: number): PrunePlan['tags'] {
   if (!rule || (rule.keepLast === undefined && rule.keepTags === undefined)) return [];
   const byAge = [...s.tags].sort(([ta, a], [tb, b]) => b.link.modTime.getTime() - a.link.modTime.getTime() || (ta < tb ? 1 : -1));
   const keep = new Set(byAge.slice(0, rule.keepLast ?? 0).map(([tag]) => tag));
   const pattern = rule.keepTags === undefined ? null : new RegExp(rule.keepTags);
   return byAge
-    .filter(([tag, t]) => !keep.has(tag) && !pattern?.test(tag) && now - t.link.modTime.getTime() > SLACK_MS)
+    .filter(([tag, t]) => !keep.has(tag) && !pattern?.test(tag) && now - t.link.modTime.getTime() > slack)
     .map(([tag, t]) => ({ tag, digest: t.digest, link: t.link }));
 }
 
@@ -73,7 +75,8 @@ async function reachable(s: RepoState, roots: string[], opts: PlanOptions): Prom
 
 export async function planRetention(s: RepoState, opts: PlanOptions): Promise<PrunePlan> {
   const rule = ruleFor(opts.rules, s.name);
-  const tags = tagsToDelete(s, rule, opts.now);
+  const slack = opts.slack ?? SLACK_MS;
+  const tags = tagsToDelete(s, rule, opts.now, slack);
   const plan: PrunePlan = { repo: s.name, tags, revisions: [] };
   const maxAge = rule?.untaggedAfter ?? (opts.deleteUntagged ? 0 : undefined);
   if (maxAge === undefined) return plan;
@@ -82,7 +85,7 @@ export async function planRetention(s: RepoState, opts: PlanOptions): Promise<Pr
   roots.push(...(opts.extraRoots ?? []));
   const reached = await reachable(s, roots, opts);
   // A second of slack towards keeping: S3's HEAD has whole seconds.
-  const limit = Math.max(maxAge, opts.gracePeriod) + SLACK_MS;
+  const limit = Math.max(maxAge, opts.gracePeriod) + slack;
   for (const [digest, link] of s.revisions) {
     if (!reached.has(digest) && opts.now - link.modTime.getTime() > limit) plan.revisions.push({ digest, link });
   }
@@ -92,6 +95,18 @@ export async function planRetention(s: RepoState, opts: PlanOptions): Promise<Pr
 export interface PruneResult {
   tags: string[];
   revisions: string[];
+}
+
+/**
+ * Whether the link at `path` is the very write the scan saw: its modTime read
+ * from a listing (milliseconds on S3 too, where a HEAD has whole seconds), so
+ * a push that wrote the same content again since is told apart.
+ */
+async function unchanged(driver: StorageDriver, path: string, scanned: FileInfo): Promise<boolean> {
+  for await (const info of driver.walk(path.slice(0, path.lastIndexOf('/')))) {
+    if (info.path === path) return info.modTime.getTime() === scanned.modTime.getTime();
+  }
+  return false;
 }
 
 /**
@@ -110,8 +125,7 @@ export async function applyPlan(
   const { repo } = plan;
   for (const t of plan.tags) {
     signal?.throwIfAborted();
-    const link = await driver.stat(paths.tagCurrentLink(repo, t.tag));
-    if (!link || !sameTime(link.modTime, t.link.modTime)) continue;
+    if (!(await unchanged(driver, paths.tagCurrentLink(repo, t.tag), t.link))) continue;
     const now = (await driver.getContent(paths.tagCurrentLink(repo, t.tag)).catch(() => null))?.toString('utf8').trim() ?? null;
     if (now !== t.digest) continue;
     await driver.delete(paths.tagDir(repo, t.tag));
@@ -120,8 +134,7 @@ export async function applyPlan(
   for (const r of plan.revisions) {
     signal?.throwIfAborted();
     const digest = parseDigest(r.digest);
-    const link = await driver.stat(paths.revisionLink(repo, digest));
-    if (!link || !sameTime(link.modTime, r.link.modTime)) continue;
+    if (!(await unchanged(driver, paths.revisionLink(repo, digest), r.link))) continue;
     const subject = (await readManifest(r.digest))?.subject;
     if (subject) await driver.delete(paths.referrerEntry(repo, parseDigest(subject.digest), digest));
     await driver.delete(paths.revisionLink(repo, digest).replace(/\/link$/, ''));
