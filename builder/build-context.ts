@@ -17,7 +17,7 @@ import { dirname, isAbsolute, join, posix, relative, resolve, sep } from 'node:p
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
-import type { Store } from '../storage/index.js';
+import { writeFromBody, type Store } from '../storage/index.js';
 import { ignoreMatcher, loadIgnore } from './ignore.js';
 import { BuildError } from './types.js';
 
@@ -155,15 +155,10 @@ export async function storeContext(store: Store, id: string, body: Readable, lim
     },
   });
   const writer = await store.driver.writer(contextPath(id));
-  // `body` stays out of the pipeline: on an error it is drained, not destroyed, so an
-  // HTTP client still reads the answer (413) instead of a reset connection.
-  body.on('error', (err) => meter.destroy(err));
-  body.pipe(meter);
   try {
-    await pipeline(meter, writer, { signal });
-    await writer.commit();
+    await writeFromBody(body, meter, writer, signal);
   } catch (err) {
-    body.unpipe(meter);
+    // Drained, not destroyed: an HTTP client still reads the answer (413), not a reset.
     body.resume();
     await writer.cancel().catch(() => undefined);
     throw err;

@@ -1,6 +1,6 @@
 import { createDriver, createStore, parseGcSettings, startGcSchedule } from '../storage/index.js';
 import { parseNotificationSettings, startRegistry, type RunningRegistry } from '../registry/index.js';
-import { parseListen, type RegistryConfig } from './config.js';
+import { bodyLimits, parseListen, type RegistryConfig } from './config.js';
 
 /**
  * Runs the registry from a resolved config until `stop` is called. `storage`,
@@ -25,6 +25,7 @@ export async function runRegistry(cfg: RegistryConfig): Promise<RunningRegistry 
     log: (err) => console.error('slipway registry:', err),
     notifications,
     redisUrl: cfg.redis || undefined,
+    bodyLimits: bodyLimits(cfg),
   });
   // Storage written before the catalog index existed gets it built now, not on the first _catalog.
   void store.manifests.repositories({ limit: 0 }).catch((err: unknown) => console.error('slipway registry: building the catalog index:', err));
