@@ -109,6 +109,9 @@ async function runBuild(req: BuildRequest, log: BuildLogger, s: Setup): Promise<
   return { imageDigest, tags: req.tags, steps: plan.steps.map((st) => ({ ...st })), cacheHits, durationMs: Date.now() - s.started };
 }
 
+/** Reads a context file the build itself reads (.dockerignore), never through a link out of the context. */
+const insideContext = (root: string) => async (name: string) => readFile(await contextFile(root, name), 'utf8');
+
 /** Dockerfile → stages → the plan of the target (every key computed, nothing run). */
 async function planBuild(req: BuildRequest, dockerfile: string, s: Setup): Promise<{ plan: Plan; context: BuildContext }> {
   const text = await readDockerfile(req.contextDir, dockerfile);
@@ -116,7 +119,7 @@ async function planBuild(req: BuildRequest, dockerfile: string, s: Setup): Promi
   const stages = splitStages(parsed, dockerfile);
   const names = stages.stages.map((st) => parseFrom(st.from, stages, globalArgValues(stages, req.buildArgs)).name);
   const target = targetStage(stages, names, req.target);
-  const context = new BuildContext(req.contextDir, await loadIgnore(req.contextDir, dockerfile));
+  const context = new BuildContext(req.contextDir, await loadIgnore(req.contextDir, dockerfile, insideContext(req.contextDir)));
   const plan = await makePlan({ stages, req, context, resolver: new Resolver(s.registry), scratchDir: s.scratch, allowLocalUrls: s.allowLocalUrls, signal: s.signal }, target.index);
   plan.warnings.unshift(...parsed.warnings);
   return { plan, context };

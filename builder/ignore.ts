@@ -21,9 +21,16 @@ export function ignoreMatcher(patterns: string[]): IgnoreTest {
   return (rel) => rel !== '' && ig.ignores(rel);
 }
 
-/** Reads the ignore patterns for `dockerfile` (relative to `contextDir`). */
-export async function loadIgnore(contextDir: string, dockerfile: string): Promise<string[]> {
-  const specific = await readFile(join(contextDir, `${dockerfile}.dockerignore`), 'utf8').catch(() => undefined);
-  const text = specific ?? (await readFile(join(contextDir, '.dockerignore'), 'utf8').catch(() => ''));
+/**
+ * Reads the ignore patterns for `dockerfile` (relative to `contextDir`). `read` opens a
+ * context file by its relative name; the worker passes one that stays inside the context.
+ */
+export async function loadIgnore(
+  contextDir: string,
+  dockerfile: string,
+  read: (name: string) => Promise<string> = (name) => readFile(join(contextDir, name), 'utf8'),
+): Promise<string[]> {
+  const specific = await read(`${dockerfile}.dockerignore`).catch(() => undefined);
+  const text = specific ?? (await read('.dockerignore').catch(() => ''));
   return text.split(/\r?\n/);
 }

@@ -65,6 +65,30 @@ test('#2 a Dockerfile that is a symlink out of the context (or under a linked di
   assert.match(ok.result.imageDigest, /^sha256:/);
 });
 
+test('#2 a .dockerignore that links out of the context is not read on the worker', { skip }, async () => {
+  const env = buildEnv();
+  const outside = join(env.dir, `outside-${rand()}`);
+  await mkdir(outside, { recursive: true });
+  // Were the outside file read, its pattern would drop kept.txt and the COPY would fail.
+  await writeFile(join(outside, 'patterns'), 'kept.txt\n');
+  const context = await writeContext(join(env.dir, `ctx-${rand()}`), {
+    Dockerfile: 'FROM scratch\nCOPY kept.txt /\n',
+    'kept.txt': 'kept\n',
+    '.dockerignore': { symlink: join(outside, 'patterns') },
+  });
+  const r = await buildImage(env, '', {}, { context });
+  assert.match(r.result.imageDigest, /^sha256:/);
+  // A .dockerignore that links inside the context is followed, as docker does.
+  const inside = await writeContext(join(env.dir, `ctx-${rand()}`), {
+    Dockerfile: 'FROM scratch\nCOPY kept.txt /\n',
+    'kept.txt': 'kept\n',
+    'ignore.real': 'kept.txt\n',
+    '.dockerignore': { symlink: 'ignore.real' },
+  });
+  const ignored = await buildFails('', {}, { context: inside });
+  assert.match(ignored.err.message, /kept\.txt/);
+});
+
 /** Limits as the step's own cgroup shows them: pids.max, the memory limit, the CPU quota (µs per 100 ms period, or "max"). */
 const LIMITS_SCRIPT = existsSync('/sys/fs/cgroup/cgroup.controllers')
   ? 'cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/memory.max > /limits.txt && cut -d" " -f1 /sys/fs/cgroup/cpu.max >> /limits.txt'
