@@ -152,11 +152,17 @@ export async function beginPush(driver: StorageDriver, record: PushRecord): Prom
     while ((await driver.stat(sweepingPath(run, d))) && (await runAlive(driver, run, skew))) await sleep(POLL_MS);
   };
 
+  /** A keep marker; a run that ended meanwhile removes its tree (a write into it may fail) and needs none. */
+  const writeKeep = (run: string, d: Digest): Promise<void> =>
+    driver.putContent(keepPath(run, d), path).catch(async (err: unknown) => {
+      if (await driver.stat(runningPath(run))) throw err;
+    });
+
   return {
     runs,
     async protect(digests) {
       if (runs.length > 0) {
-        await Promise.all(runs.flatMap((run) => digests.map((d) => driver.putContent(keepPath(run, d), path))));
+        await Promise.all(runs.flatMap((run) => digests.map((d) => writeKeep(run, d))));
         await Promise.all(runs.flatMap((run) => digests.map((d) => waitForSweep(run, d))));
       }
       return Promise.all(digests.map(async (d) => (await driver.stat(blobData(d))) !== null));

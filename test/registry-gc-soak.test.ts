@@ -42,7 +42,7 @@ function soak(kind: 'filesystem' | 's3', seconds: number): void {
     const config = join(work, 'registry.yaml');
     await writeFile(config, `gc:\n  interval: 1s\n  gracePeriod: 0\n  deleteUntagged: true\n  retention:\n    - repositories: "soak/**"\n      keepLast: ${KEEP_LAST}\n`);
     const reg = await lane.fresh(['--config', config]);
-    const base = reg.url;
+    const base = process.env.SLIPWAY_SOAK_INPROC ? lane.base : reg.url;
     const f: Figures = { pushed: 0, refused: 0, mounts: 0, headSkips: 0, repushes: 0, indexes: 0, deletes: 0, gcRuns: 0, gcDamage: [], kept: 0, broken: [] };
     /** What each tag was last pushed as (a tag pushed again names the newer image). */
     const tagged = new Map<string, GcImage>();
@@ -71,7 +71,7 @@ function soak(kind: 'filesystem' | 's3', seconds: number): void {
         for (let attempt = 0; ; attempt++) {
           const r = await putImage(base, img, opts.byDigest);
           if (r.status === 201) break;
-          assert.equal(r.code, 'MANIFEST_BLOB_UNKNOWN', `PUT ${img.repo}:${img.tag}: ${r.status} ${r.body.toString()}`);
+          assert.equal(r.code, 'MANIFEST_BLOB_UNKNOWN', `PUT ${img.repo}:${img.tag}: ${r.status} ${r.body.toString()}\n${reg.output().split('\n').filter((l) => !/gc: (swept|deleted|skipped|scanned|\d+ of)/.test(l)).join('\n').slice(-4000)}`);
           assert.ok(attempt < 5, `PUT ${img.repo}:${img.tag} refused ${attempt + 1} times`);
           f.refused++;
           for (const c of img.children) for (const b of c.blobs) await uploadBlob(base, c.repo, b.bytes);
@@ -139,10 +139,13 @@ function soak(kind: 'filesystem' | 's3', seconds: number): void {
       assert.ok(scheduled > 0, 'the scheduled GC ran');
       f.gcRuns += scheduled;
       assert.match(reg.output(), /gc: swept blob sha256:[a-f0-9]{64} \(\d+ bytes\)/, 'the scheduled GC logs each swept blob');
-      const metrics = (await http(`${base}/metrics`)).body.toString();
+      const metrics = (await http(`${reg.url}/metrics`)).body.toString();
       assert.match(metrics, /slipway_registry_gc_blobs_swept_total [1-9]/, 'and counts them in /metrics');
     } finally {
       await reg.stop();
+      const errors = reg.output().split('\n').filter((l) => /Error|ENOENT|^\s+at /.test(l));
+      if (errors.length) console.log(`# registry errors:\n${errors.slice(0, 40).join('\n')}`);
+      if (lane.errors.length) console.log("# in-process registry errors:", lane.errors.slice(0, 3));
     }
     // Every tag still listed, as a fresh process serves it, against what was pushed under it.
     const fresh = await lane.fresh();

@@ -204,6 +204,8 @@ export interface GcLane {
   storageArgs: string[];
   env: NodeJS.ProcessEnv;
   fresh(extra?: string[]): Promise<RegistryProcess>;
+  /** What the in-process registry logged (unexpected errors). */
+  errors: unknown[];
   close(): Promise<void>;
 }
 
@@ -233,7 +235,8 @@ export async function openLane(kind: 'filesystem' | 's3'): Promise<GcLane> {
   }
   const driver = makeDriver();
   const store = createStore(driver);
-  const reg = await startRegistry({ store, host: '127.0.0.1', port: 0, deleteEnabled: true, log: () => undefined });
+  const errors: unknown[] = [];
+  const reg = await startRegistry({ store, host: '127.0.0.1', port: 0, deleteEnabled: true, log: (err) => void errors.push(err) });
   return {
     label: kind,
     driver,
@@ -243,6 +246,7 @@ export async function openLane(kind: 'filesystem' | 's3'): Promise<GcLane> {
     storageArgs,
     env,
     fresh: (extra = []) => startRegistryProcess({ args: [...storageArgs, ...extra], env }),
+    errors,
     close: async () => {
       await reg.close();
       await dispose();
