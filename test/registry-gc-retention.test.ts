@@ -48,6 +48,8 @@ function retentionSuite(target: GcTarget): void {
         const retention = [{ repositories: `${prefix}/*`, keepLast: 2, keepTags: '^v\\d+$', untaggedAfter: env.canBackdate ? 3600_000 : 1000 }];
         const config = join(work, 'registry.yaml');
         await writeFile(config, `gc:\n  gracePeriod: ${env.grace}ms\n  retention:\n    - repositories: "${prefix}/*"\n      keepLast: 2\n      keepTags: "^v\\\\d+$"\n      untaggedAfter: ${untaggedAfter}\n`);
+        // GC leaves alone a tag written within its 1 s clock slack: both runs below must see every tag older than that.
+        await sleep(1500);
         const dry = await slipwayGc([...env.storageArgs, '--config', config, '--dry-run', '--json'], env.env);
         assert.equal(dry.code, 0, dry.stderr);
         const planned = JSON.parse(dry.stdout) as GcReport;
